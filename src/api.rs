@@ -1,0 +1,218 @@
+//! The local HTTP API for the organisation's own systems, authenticated with JWT bearer tokens.
+//!
+//! Every route that touches data takes an [`Actor`], the verified token, and states the roles it
+//! allows with [`Actor::require`]. Wire input is converted to domain types here, once. This
+//! module never speaks SQL; it calls `storage` and `federation`.
+
+use crate::domain::OrgId;
+use crate::federation::{self, PeerError};
+use crate::jwt::Role;
+use crate::manifest::format_time;
+use crate::node::NodeState;
+use crate::problem::Problem;
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use serde::Serialize;
+use std::future::{Ready, ready};
+use std::time::Instant;
+
+/// A local caller whose bearer token verified: pseudonymous subject, roles and unit.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub subject: String,
+    pub roles: Vec<Role>,
+    pub unit: Option<String>,
+}
+
+impl Actor {
+    /// Succeeds if the token carries at least one of `allowed`; otherwise a 403 problem.
+    pub fn require(&self, allowed: &[Role]) -> Result<&Self, Problem> {
+        if self.roles.iter().any(|role| allowed.contains(role)) {
+            Ok(self)
+        } else {
+            let names: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+            Err(Problem::forbidden_role(format!(
+                "this operation needs one of the roles: {}",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+impl FromRequest for Actor {
+    type Error = Problem;
+    type Future = Ready<Result<Self, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate(req))
+    }
+}
+
+fn authenticate(req: &HttpRequest) -> Result<Actor, Problem> {
+    let state = req
+        .app_data::<web::Data<NodeState>>()
+        .ok_or_else(|| Problem::internal(&"node state missing from the local app"))?;
+    let header_value = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| Problem::unauthenticated("no Authorization header"))?;
+    let token = header_value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Problem::unauthenticated("the Authorization header is not `Bearer <token>`")
+        })?;
+    let now = state.clock.now().unix_timestamp();
+    let verified = state.tokens.verify(token, now).map_err(|e| {
+        tracing::info!(reason = e.reason(), "local API token refused");
+        Problem::unauthenticated(format!("token refused: {}", e.reason()))
+    })?;
+    Ok(Actor {
+        subject: verified.subject,
+        roles: verified.roles,
+        unit: verified.unit,
+    })
+}
+
+/// `GET /healthz`: the process is up. No authentication, no dependencies.
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+#[derive(Debug, Serialize)]
+struct Readiness {
+    status: &'static str,
+    org: String,
+    database: DatabaseCheck,
+    manifest: ManifestCheck,
+    certificate: CertificateCheck,
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DatabaseCheck {
+    engine: &'static str,
+    ok: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ManifestCheck {
+    serial: u64,
+    expires_at: String,
+    expired: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct CertificateCheck {
+    not_after: String,
+    expired: bool,
+}
+
+/// `GET /readyz`: database reachable, manifest valid, certificate valid. 503 when not ready;
+/// warnings (e.g. the manifest expires soon) do not make the node unready.
+async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
+    let now = state.clock.now();
+    let database_ok = match state.db.ping().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: database check failed");
+            false
+        }
+    };
+    let manifest = state.manifest.snapshot();
+    let manifest_expired = manifest.is_expired(now);
+    let cert_not_after = state.tls.node_cert_not_after;
+    let cert_expired = now >= cert_not_after;
+    let warning_window = state.config.federation.manifest_expiry_warning;
+    let mut warnings = Vec::new();
+    if !manifest_expired && manifest.expires_at - now < warning_window {
+        warnings.push(format!(
+            "the federation manifest expires at {}: ask the operator for a new one",
+            format_time(manifest.expires_at)
+        ));
+    }
+    if !cert_expired && cert_not_after - now < warning_window {
+        warnings.push(format!(
+            "the node certificate expires at {}: renew it",
+            format_time(cert_not_after)
+        ));
+    }
+    if manifest_expired {
+        warnings.push("the federation manifest has expired: all exchange is refused".into());
+    }
+    let ready = database_ok && !manifest_expired && !cert_expired;
+    let body = Readiness {
+        status: if ready { "ready" } else { "not-ready" },
+        org: state.identity.org.to_string(),
+        database: DatabaseCheck {
+            engine: state.db.engine(),
+            ok: database_ok,
+        },
+        manifest: ManifestCheck {
+            serial: manifest.serial,
+            expires_at: format_time(manifest.expires_at),
+            expired: manifest_expired,
+        },
+        certificate: CertificateCheck {
+            not_after: format_time(cert_not_after),
+            expired: cert_expired,
+        },
+        warnings,
+    };
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// `GET /api/v1/whoami`: what the node made of the caller's token (any role).
+async fn whoami(actor: Actor, state: web::Data<NodeState>) -> HttpResponse {
+    let roles: Vec<String> = actor.roles.iter().map(ToString::to_string).collect();
+    HttpResponse::Ok().json(serde_json::json!({
+        "node": state.identity.org.to_string(),
+        "subject": actor.subject,
+        "roles": roles,
+        "unit": actor.unit,
+    }))
+}
+
+/// `POST /api/v1/peers/{org}/ping` (admin): ping a member over mTLS and report what it saw.
+async fn ping_peer(
+    actor: Actor,
+    state: web::Data<NodeState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    actor.require(&[Role::Admin])?;
+    let org: OrgId = path
+        .into_inner()
+        .parse()
+        .map_err(|e: crate::domain::ParseError| Problem::malformed_request(e.to_string()))?;
+    let started = Instant::now();
+    match federation::ping_peer(&state, &org).await {
+        Ok(answer) => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "peer": org.to_string(),
+            "peer_answered_as": answer.node,
+            "peer_saw_us_as": answer.caller,
+            "round_trip_ms": started.elapsed().as_secs_f64() * 1000.0,
+        }))),
+        Err(PeerError::UnknownPeer(org)) => Err(Problem::unknown_peer(org.to_string())),
+        Err(e) => Err(Problem::peer_unreachable(org.as_str(), &e)),
+    }
+}
+
+/// The local listener's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .service(
+            web::scope("/api/v1")
+                .route("/whoami", web::get().to(whoami))
+                .route("/peers/{org}/ping", web::post().to(ping_peer)),
+        )
+        .default_service(web::to(|| async { Problem::not_found().respond() }));
+}

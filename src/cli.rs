@@ -1,0 +1,394 @@
+//! The `brobygger` command line: argument parsing and the commands' output.
+//!
+//! Exit codes: 0 ok; 1 a check failed (e.g. tampering found); 2 usage or configuration error.
+//! `anyhow` is allowed here and in `main`, nowhere else.
+
+use crate::config::Config;
+use crate::domain::FederationName;
+use crate::jwt::{DevIssuer, Role};
+use crate::node::{self, Clock};
+use crate::pki::{self, InitOptions, OrgSpec};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use time::OffsetDateTime;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_CHECK_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "brobygger",
+    version,
+    about = "Brobygger: a gateway for consented, audited exchange of small summaries about \
+             children between municipalities and NGOs",
+    long_about = "Brobygger runs one gateway node per organisation. Nodes talk to each other over \
+                  mutual TLS and enforce consent and purpose at their own boundary; local systems \
+                  use the node's local API with bearer tokens.\n\n\
+                  Exit codes: 0 ok, 1 a check failed, 2 usage or configuration error.\n\
+                  Logging: set RUST_LOG (e.g. RUST_LOG=info,brobygger=debug)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Development certificates and keys.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Operator tasks for the federation manifest.
+    #[command(subcommand)]
+    Federation(FederationCommand),
+    /// Run a node until it receives SIGTERM or Ctrl-C (SIGHUP re-reads the manifest).
+    Serve {
+        /// The node's configuration file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a node's configuration, certificates, keys, manifest and database without
+    /// starting it. Applies pending database migrations.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Mint a development bearer token for the node's local API (needs
+    /// local_api.dev_token_key in the config; never available in production).
+    Token {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// A role: submitter, caseworker, consent-admin, auditor or admin. Repeat for several.
+        #[arg(long = "role", value_name = "ROLE", required = true)]
+        roles: Vec<Role>,
+        /// The pseudonymous subject (user id) the token is for.
+        #[arg(long, value_name = "NAME")]
+        sub: String,
+        /// The caseworker's organisational unit.
+        #[arg(long, value_name = "UNIT")]
+        unit: Option<String>,
+        /// Lifetime, e.g. 30m, 1h, 1d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create a complete development federation: CA, node certificates and keys, operator
+    /// key, audit signing keys, development JWT issuers, a signed manifest and a ready
+    /// config file per org. Values such as CVR numbers are obviously fake.
+    Init {
+        /// Directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Federation name, e.g. brobygger.test.
+        #[arg(long, value_name = "NAME")]
+        federation: FederationName,
+        /// An organisation as ID:KIND (KIND: municipality, ngo, region). Repeat per org.
+        #[arg(long = "org", value_name = "ID:KIND", required = true)]
+        orgs: Vec<OrgSpec>,
+        /// Ports: federation listeners at BASE+1.., local APIs at BASE+101...
+        #[arg(long, default_value_t = 7100, value_name = "BASE")]
+        base_port: u16,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FederationCommand {
+    /// Sign a manifest (JSON) with the operator's key, producing the signed manifest that
+    /// nodes load. Remember to raise `serial` for every new version.
+    Sign {
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// The operator's Ed25519 private key (PKCS#8 PEM).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+fn parse_ttl(value: &str) -> Result<i64, String> {
+    let (number, unit) = value.split_at(
+        value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len()),
+    );
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("`{value}` is not a duration such as 30m, 1h or 1d"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" | "" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{value}`: use s, m, h or d")),
+    };
+    if !(1..=30 * 86_400).contains(&seconds) {
+        return Err("a token lives between 1 second and 30 days".into());
+    }
+    Ok(seconds)
+}
+
+/// Parses arguments, runs the command and returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    ExitCode::from(match cli.command {
+        Command::Pki(PkiCommand::Init {
+            dir,
+            federation,
+            orgs,
+            base_port,
+            force,
+        }) => pki_init(dir, federation, orgs, base_port, force),
+        Command::Federation(FederationCommand::Sign { manifest, key, out }) => {
+            federation_sign(&manifest, &key, &out)
+        }
+        Command::Serve { config } => with_runtime(serve(config)),
+        Command::Check { config } => with_runtime(check(config)),
+        Command::Token {
+            config,
+            roles,
+            sub,
+            unit,
+            ttl,
+        } => token(&config, &roles, &sub, unit.as_deref(), ttl),
+    })
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn with_runtime(future: impl std::future::Future<Output = u8>) -> u8 {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(future),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
+    eprintln!("error: {message}");
+    code
+}
+
+fn pki_init(
+    dir: PathBuf,
+    federation: FederationName,
+    orgs: Vec<OrgSpec>,
+    base_port: u16,
+    force: bool,
+) -> u8 {
+    crate::identity::install_default_crypto_provider();
+    let options = InitOptions {
+        dir,
+        federation,
+        orgs,
+        force,
+        base_port,
+        now: OffsetDateTime::now_utc(),
+    };
+    match pki::init(&options) {
+        Ok(report) => {
+            println!(
+                "Development federation created in {}",
+                options.dir.display()
+            );
+            println!("  operator verifier key: {}", report.operator_verifier_key);
+            println!("  signed manifest:       {}", report.manifest.display());
+            for (org, config) in &report.configs {
+                println!("  {org}: brobygger serve --config {}", config.display());
+            }
+            EXIT_OK
+        }
+        Err(e) => fail(EXIT_USAGE, e),
+    }
+}
+
+fn federation_sign(manifest: &std::path::Path, key: &std::path::Path, out: &std::path::Path) -> u8 {
+    let result = (|| -> anyhow::Result<String> {
+        let json = std::fs::read_to_string(manifest)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.display()))?;
+        let doc: crate::manifest::ManifestDocV1 = serde_json::from_str(&json)
+            .map_err(|e| anyhow::anyhow!("{}: not a v1 manifest: {e}", manifest.display()))?;
+        let federation: FederationName = doc.federation.parse()?;
+        let signer = pki::load_note_signer(key, &pki::operator_key_name(&federation))?;
+        let note = pki::sign_manifest_text(&json, &signer)?;
+        pki::write_file(out, note.as_bytes(), false)?;
+        Ok(format!(
+            "signed manifest serial {} for {} with {}",
+            doc.serial,
+            federation,
+            signer.verifier_key()
+        ))
+    })();
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            EXIT_OK
+        }
+        Err(e) => fail(EXIT_USAGE, e),
+    }
+}
+
+async fn serve(config_path: PathBuf) -> u8 {
+    let config = match Config::load(&config_path) {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let running = match node::start(config, Clock::system()).await {
+        Ok(running) => running,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    println!(
+        "{} is running: federation on https://{}, local API on {}://{}",
+        running.state.identity.org,
+        running.federation_addr,
+        if running.state.tls.local_server.is_some() {
+            "https"
+        } else {
+            "http"
+        },
+        running.local_addr
+    );
+    wait_for_shutdown(&running).await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    EXIT_OK
+}
+
+#[cfg(unix)]
+async fn wait_for_shutdown(running: &node::RunningNode) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => match running.state.reload_manifest().await {
+                Ok(outcome) => tracing::info!(?outcome, "manifest re-read on SIGHUP"),
+                Err(e) => tracing::warn!(reason = %e, "manifest kept out on SIGHUP"),
+            },
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_shutdown(_running: &node::RunningNode) {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn check(config_path: PathBuf) -> u8 {
+    let result = async {
+        crate::identity::install_default_crypto_provider();
+        let _ = crate::jwt::install_crypto_provider();
+        let config = Config::load(&config_path)?;
+        println!("ok: configuration {}", config_path.display());
+        let tls = crate::identity::TlsMaterial::load(&config)?;
+        println!(
+            "ok: node certificate for {} (valid until {})",
+            tls.identity,
+            crate::manifest::format_time(tls.node_cert_not_after)
+        );
+        node::load_token_verifier(&config)?;
+        println!("ok: token keys {}", config.local_api.jwks.display());
+        let signer = node::load_signing_key(&config)?;
+        println!("ok: audit signing key {}", signer.verifier_key());
+        let db = crate::storage::Database::open(&config.database).await?;
+        println!("ok: database ({})", db.engine());
+        let manifest = node::load_manifest(&config, &db, OffsetDateTime::now_utc()).await?;
+        node::check_self_in_manifest(&config, &manifest, &signer)?;
+        println!(
+            "ok: manifest serial {} with {} members, expires {}",
+            manifest.serial,
+            manifest.members.len(),
+            crate::manifest::format_time(manifest.expires_at)
+        );
+        db.close().await;
+        Ok::<(), node::StartError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => EXIT_OK,
+        Err(e) => fail(EXIT_USAGE, e),
+    }
+}
+
+fn token(
+    config_path: &std::path::Path,
+    roles: &[Role],
+    sub: &str,
+    unit: Option<&str>,
+    ttl: i64,
+) -> u8 {
+    let _ = crate::jwt::install_crypto_provider();
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let Some(key_path) = &config.local_api.dev_token_key else {
+        return fail(
+            EXIT_USAGE,
+            format!(
+                "{}: local_api.dev_token_key: not set; this node has no development token issuer \
+                 (tokens come from the organisation's identity provider)",
+                config_path.display()
+            ),
+        );
+    };
+    let pem = match std::fs::read_to_string(key_path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            return fail(
+                EXIT_USAGE,
+                format!(
+                    "{}: local_api.dev_token_key: {}: {e}",
+                    config_path.display(),
+                    key_path.display()
+                ),
+            );
+        }
+    };
+    let issuer = match DevIssuer::from_pem(
+        &pem,
+        &config.local_api.dev_token_kid,
+        &config.local_api.issuer,
+        &config.local_api.audience,
+    ) {
+        Ok(issuer) => issuer,
+        Err(e) => return fail(EXIT_USAGE, format!("local_api.dev_token_key: {e}")),
+    };
+    let token = issuer.mint(
+        sub,
+        roles,
+        unit,
+        ttl,
+        OffsetDateTime::now_utc().unix_timestamp(),
+    );
+    println!("{token}");
+    EXIT_OK
+}

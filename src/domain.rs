@@ -1,0 +1,278 @@
+//! Domain newtypes, parsed exactly once at the boundary (config, wire JSON, certificates, tokens).
+//!
+//! Invariant: this module does no I/O and imports no sqlx, actix, reqwest or tokio. Inner code
+//! takes these types and never re-checks raw strings.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Why a raw value could not become a domain value. The message is safe to show to the person
+/// who supplied the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(String);
+
+impl ParseError {
+    fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Checks the lowercase-slug shape shared by org ids and federation name parts: starts with a
+/// letter, then letters, digits and single hyphens, no trailing hyphen.
+fn is_slug(value: &str, max_len: usize) -> bool {
+    let bytes = value.as_bytes();
+    let starts_with_letter = bytes.first().is_some_and(u8::is_ascii_lowercase);
+    let allowed = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    starts_with_letter
+        && allowed
+        && value.len() <= max_len
+        && !value.ends_with('-')
+        && !value.contains("--")
+}
+
+/// A member organisation's id in the federation, e.g. `herning-kommune` or `red-barnet`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrgId(String);
+
+impl OrgId {
+    pub const MAX_LEN: usize = 63;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for OrgId {
+    type Err = ParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if is_slug(value, Self::MAX_LEN) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ParseError::new(format!(
+                "`{value}` is not an organisation id: use a lowercase slug such as `herning-kommune` \
+                 (letters a-z, digits and single hyphens, starting with a letter, at most {} characters)",
+                Self::MAX_LEN
+            )))
+        }
+    }
+}
+
+impl fmt::Display for OrgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of a federation, e.g. `brobygger.test`: dot-separated lowercase labels. It is the
+/// trust domain of the SPIFFE ids in node certificates and the prefix of audit log origins.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FederationName(String);
+
+impl FederationName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for FederationName {
+    type Err = ParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let labels_ok = !value.is_empty() && value.split('.').all(|label| is_slug(label, 63));
+        if labels_ok && value.len() <= 253 {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ParseError::new(format!(
+                "`{value}` is not a federation name: use dot-separated lowercase labels such as `brobygger.test`"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for FederationName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The identity a node certificate carries as its single URI SAN:
+/// `spiffe://<federation>/org/<org-id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeIdentity {
+    pub federation: FederationName,
+    pub org: OrgId,
+}
+
+impl NodeIdentity {
+    pub fn uri(&self) -> String {
+        format!("spiffe://{}/org/{}", self.federation, self.org)
+    }
+
+    /// Parses a SPIFFE URI of the exact form above; anything else (other paths, ports, query,
+    /// user info, trailing slash) is refused.
+    pub fn parse_uri(uri: &str) -> Result<Self, ParseError> {
+        let rest = uri
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| ParseError::new(format!("`{uri}` is not a spiffe:// URI")))?;
+        let (trust_domain, path) = rest
+            .split_once("/org/")
+            .ok_or_else(|| ParseError::new(format!("`{uri}` has no /org/<org-id> path")))?;
+        Ok(Self {
+            federation: trust_domain.parse()?,
+            org: path.parse()?,
+        })
+    }
+}
+
+impl fmt::Display for NodeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.uri())
+    }
+}
+
+/// What kind of organisation a member is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrgKind {
+    Municipality,
+    Ngo,
+    Region,
+}
+
+impl OrgKind {
+    pub const ALL: [OrgKind; 3] = [OrgKind::Municipality, OrgKind::Ngo, OrgKind::Region];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgKind::Municipality => "municipality",
+            OrgKind::Ngo => "ngo",
+            OrgKind::Region => "region",
+        }
+    }
+}
+
+impl FromStr for OrgKind {
+    type Err = ParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == value)
+            .ok_or_else(|| {
+                ParseError::new(format!(
+                    "`{value}` is not an organisation kind: use municipality, ngo or region"
+                ))
+            })
+    }
+}
+
+impl fmt::Display for OrgKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A Danish CVR number (company register number): exactly eight digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cvr(String);
+
+impl Cvr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Cvr {
+    type Err = ParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value.len() == 8 && value.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ParseError::new(format!(
+                "`{value}` is not a CVR number: exactly eight digits"
+            )))
+        }
+    }
+}
+
+/// A municipality's kommunekode: three digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Kommunekode(String);
+
+impl Kommunekode {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Kommunekode {
+    type Err = ParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value.len() == 3 && value.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ParseError::new(format!(
+                "`{value}` is not a kommunekode: exactly three digits"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn org_ids_are_lowercase_slugs() {
+        for good in ["herning-kommune", "red-barnet", "a", "kommune-607"] {
+            assert!(good.parse::<OrgId>().is_ok(), "{good}");
+        }
+        for bad in [
+            "", "Herning", "-x", "x-", "a--b", "a_b", "a b", "æble", "1abc", "a/b",
+        ] {
+            assert!(bad.parse::<OrgId>().is_err(), "{bad}");
+        }
+        assert!("a".repeat(64).parse::<OrgId>().is_err());
+    }
+
+    #[test]
+    fn spiffe_uri_round_trips_and_rejects_variants() {
+        let id = NodeIdentity::parse_uri("spiffe://brobygger.test/org/red-barnet").unwrap();
+        assert_eq!(id.org.as_str(), "red-barnet");
+        assert_eq!(id.uri(), "spiffe://brobygger.test/org/red-barnet");
+        for bad in [
+            "https://brobygger.test/org/red-barnet",
+            "spiffe://brobygger.test/org/red-barnet/",
+            "spiffe://brobygger.test/org/red-barnet?x=1",
+            "spiffe://brobygger.test:443/org/red-barnet",
+            "spiffe://user@brobygger.test/org/red-barnet",
+            "spiffe://brobygger.test/orgs/red-barnet",
+            "spiffe://brobygger.test/org/Red-Barnet",
+            "spiffe:///org/red-barnet",
+        ] {
+            assert!(NodeIdentity::parse_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cvr_and_kommunekode_shapes() {
+        assert!("99000001".parse::<Cvr>().is_ok());
+        assert!("9900000".parse::<Cvr>().is_err());
+        assert!("99a00001".parse::<Cvr>().is_err());
+        assert!("901".parse::<Kommunekode>().is_ok());
+        assert!("0901".parse::<Kommunekode>().is_err());
+    }
+
+    #[test]
+    fn org_kind_parses_wire_names() {
+        for kind in OrgKind::ALL {
+            assert_eq!(kind.as_str().parse::<OrgKind>().unwrap(), kind);
+        }
+        assert!("company".parse::<OrgKind>().is_err());
+    }
+}

@@ -1,0 +1,222 @@
+//! The peer-facing HTTP side: the mTLS federation listener's routes, the per-request peer
+//! authentication, and the client that calls other members.
+//!
+//! Every request on the federation listener passes [`AuthenticatedPeer`]: the certificate the
+//! TLS layer verified (kept per connection) is mapped to a current member of the manifest
+//! snapshot taken for this request, so a member removed by a newer manifest is refused even on
+//! a connection that was opened before. This module never speaks SQL.
+
+use crate::domain::{NodeIdentity, OrgId};
+use crate::identity::{IdentityError, certificate_validity, identity_from_certificate};
+use crate::manifest::Member;
+use crate::node::NodeState;
+use crate::problem::Problem;
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use serde::{Deserialize, Serialize};
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::{Ready, ready};
+use std::sync::Mutex;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// What the TLS layer proved about the client of one connection, parsed once per connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionPeer {
+    identity: Result<NodeIdentity, IdentityError>,
+    not_after: Option<OffsetDateTime>,
+}
+
+/// `HttpServer::on_connect` hook: reads the verified client certificate from the TLS stream and
+/// keeps its parsed identity as connection data.
+pub fn on_connect(
+    federation: crate::domain::FederationName,
+) -> impl Fn(&dyn Any, &mut actix_web::dev::Extensions) + Send + Sync + Clone + 'static {
+    move |connection, data| {
+        use actix_tls::accept::rustls_0_23::TlsStream;
+        let Some(tls) = connection.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>()
+        else {
+            return;
+        };
+        let (_, session) = tls.get_ref();
+        if let Some(leaf) = session.peer_certificates().and_then(|chain| chain.first()) {
+            data.insert(ConnectionPeer {
+                identity: identity_from_certificate(leaf, &federation),
+                not_after: certificate_validity(leaf).map(|(_, not_after)| not_after),
+            });
+        }
+    }
+}
+
+/// A request whose client is a current member, checked against this request's manifest
+/// snapshot. Handlers that take it cannot run for anyone else.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedPeer {
+    pub member: Member,
+    pub identity: NodeIdentity,
+}
+
+impl FromRequest for AuthenticatedPeer {
+    type Error = Problem;
+    type Future = Ready<Result<Self, Problem>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(authenticate_peer(req))
+    }
+}
+
+fn authenticate_peer(req: &HttpRequest) -> Result<AuthenticatedPeer, Problem> {
+    let state = req
+        .app_data::<web::Data<NodeState>>()
+        .ok_or_else(|| Problem::internal(&"node state missing from the federation app"))?;
+    let now = state.clock.now();
+    let manifest = state.manifest.snapshot();
+    if manifest.is_expired(now) {
+        return Err(Problem::manifest_expired());
+    }
+    // The TLS layer requires and verifies a client certificate, so a missing one here means the
+    // listener was misconfigured; refuse rather than guess.
+    let peer = req.conn_data::<ConnectionPeer>().ok_or_else(|| {
+        Problem::peer_not_member("no verified client certificate on this connection")
+    })?;
+    if peer.not_after.is_none_or(|not_after| now > not_after) {
+        return Err(Problem::peer_not_member(
+            "the client certificate has expired",
+        ));
+    }
+    let identity = peer
+        .identity
+        .clone()
+        .map_err(|e| Problem::peer_not_member(e.to_string()))?;
+    let member = manifest.member_for(&identity).cloned().ok_or_else(|| {
+        Problem::peer_not_member(format!(
+            "`{}` is not a member in manifest serial {}",
+            identity.org, manifest.serial
+        ))
+    })?;
+    Ok(AuthenticatedPeer { member, identity })
+}
+
+/// The answer to `GET /fed/v1/ping`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PingResponseV1 {
+    /// The caller's org id as this node saw it in the client certificate.
+    pub caller: String,
+    /// This node's own org id.
+    pub node: String,
+    pub manifest_serial: u64,
+}
+
+async fn ping(peer: AuthenticatedPeer, state: web::Data<NodeState>) -> HttpResponse {
+    HttpResponse::Ok().json(PingResponseV1 {
+        caller: peer.member.org.to_string(),
+        node: state.identity.org.to_string(),
+        manifest_serial: state.manifest.snapshot().serial,
+    })
+}
+
+/// The federation listener's routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::scope("/fed/v1").route("/ping", web::get().to(ping)))
+        .default_service(web::to(|| async { Problem::not_found().respond() }));
+}
+
+// ----- Client side -----
+
+/// Why a call to a peer failed. Causes are for logs.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("`{0}` is not a current member of the federation")]
+    UnknownPeer(OrgId),
+    #[error("cannot build a TLS client: {0}")]
+    Tls(String),
+    #[error("the request to the peer failed: {0}")]
+    Transport(String),
+    #[error("the peer answered {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("the peer's answer is not valid: {0}")]
+    BadAnswer(String),
+}
+
+/// One HTTP client per peer, each pinned to that peer's identity and keeping its connections
+/// alive. Built on first use.
+#[derive(Default)]
+pub struct PeerClients {
+    clients: Mutex<HashMap<OrgId, reqwest::Client>>,
+}
+
+impl PeerClients {
+    fn client_for(
+        &self,
+        state: &NodeState,
+        peer: &NodeIdentity,
+    ) -> Result<reqwest::Client, PeerError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = clients.get(&peer.org) {
+            return Ok(client.clone());
+        }
+        let tls = state
+            .tls
+            .client_config_for(peer.clone())
+            .map_err(|e| PeerError::Tls(e.to_string()))?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .http1_only()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .no_proxy()
+            .build()
+            .map_err(|e| PeerError::Tls(e.to_string()))?;
+        clients.insert(peer.org.clone(), client.clone());
+        Ok(client)
+    }
+}
+
+/// Calls a member's `GET /fed/v1/ping` over mTLS, checking that the server is that member.
+pub async fn ping_peer(state: &NodeState, org: &OrgId) -> Result<PingResponseV1, PeerError> {
+    let manifest = state.manifest.snapshot();
+    let member = manifest
+        .member(org)
+        .ok_or_else(|| PeerError::UnknownPeer(org.clone()))?;
+    let expected = NodeIdentity {
+        federation: manifest.federation.clone(),
+        org: org.clone(),
+    };
+    let client = state.peers.client_for(state, &expected)?;
+    let url = format!("{}/fed/v1/ping", member.endpoint.base_url());
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
+    if !status.is_success() {
+        return Err(PeerError::Refused {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).chars().take(500).collect(),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))
+}
+
+/// The whole cause chain of an error, so logs show the TLS reason behind "error sending request".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,18 @@
+//! Brobygger: a federation gateway that lets municipalities and NGOs exchange small, consented
+//! summaries about vulnerable children over mutual TLS, with every access audited.
+//!
+//! See `ARCHITECTURE.md` for the map of modules and the path a message takes.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod federation;
+pub mod identity;
+pub mod jwt;
+pub mod manifest;
+pub mod node;
+pub mod pki;
+pub mod problem;
+pub mod signed_note;
+pub mod storage;

@@ -1,0 +1,448 @@
+//! The federation manifest: the operator-signed list of members (and, later, purposes).
+//!
+//! A manifest file is a C2SP signed note whose text is the manifest JSON. This module parses
+//! and verifies it (pure), decides whether a candidate may replace the current one (pure, with
+//! `now` as an argument), and holds the current manifest for the running node, reloading a newer
+//! valid file without a restart. The highest accepted serial is persisted by `storage`, so a
+//! lower serial is refused after a restart too.
+
+use crate::domain::{Cvr, FederationName, Kommunekode, NodeIdentity, OrgId, OrgKind};
+use crate::signed_note::{NoteError, VerifierKey};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use time::OffsetDateTime;
+
+pub const MANIFEST_FORMAT_V1: &str = "brobygger-manifest/v1";
+
+/// Why a manifest was refused. Each variant is one thing an operator can fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read the manifest file: {0}")]
+    Unreadable(String),
+    #[error("the manifest is not signed by the operator key: {0}")]
+    Signature(#[from] NoteError),
+    #[error("the manifest content is invalid: {0}")]
+    Invalid(String),
+    #[error("the manifest is for federation `{found}`, but this node belongs to `{expected}`")]
+    WrongFederation { expected: String, found: String },
+    #[error("the manifest expired at {0}")]
+    Expired(String),
+    #[error(
+        "the manifest serial {candidate} is lower than serial {accepted}, which this node already accepted"
+    )]
+    SerialRollback { candidate: u64, accepted: u64 },
+    #[error("the manifest has serial {0}, which this node already accepted with different content")]
+    SerialReused(u64),
+}
+
+// ----- Wire form (JSON inside the signed note). -----
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestDocV1 {
+    pub format: String,
+    pub federation: String,
+    pub serial: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub members: Vec<MemberDocV1>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberDocV1 {
+    pub org_id: String,
+    pub name: String,
+    pub kind: String,
+    pub cvr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kommunekode: Option<String>,
+    /// The federation endpoint, `https://HOST:PORT`.
+    pub endpoint: String,
+    /// The audit log origin, e.g. `brobygger.test/herning-kommune/audit`.
+    pub audit_origin: String,
+    /// The C2SP verifier key of the member's audit log (receipts and checkpoints).
+    pub audit_verifier_key: String,
+}
+
+// ----- Parsed form. -----
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub org: OrgId,
+    pub name: String,
+    pub kind: OrgKind,
+    pub cvr: Cvr,
+    pub kommunekode: Option<Kommunekode>,
+    pub endpoint: Endpoint,
+    pub audit_origin: String,
+    pub audit_key: VerifierKey,
+}
+
+/// A federation endpoint: host and port of an `https://` URL, nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| format!("endpoint `{url}` must start with https://"))?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| {
+            format!("endpoint `{url}` must name a port, e.g. https://127.0.0.1:7101")
+        })?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("endpoint `{url}` has an invalid port"))?;
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+        if !host_ok || port == 0 {
+            return Err(format!("endpoint `{url}` is not https://HOST:PORT"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("https://{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    pub federation: FederationName,
+    pub serial: u64,
+    pub issued_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub members: BTreeMap<OrgId, Member>,
+    /// SHA-256 of the signed text: two manifests with one serial must have the same hash.
+    pub content_hash: [u8; 32],
+}
+
+impl Manifest {
+    pub fn member(&self, org: &OrgId) -> Option<&Member> {
+        self.members.get(org)
+    }
+
+    /// A member whose identity (federation and org) matches a verified certificate.
+    pub fn member_for(&self, identity: &NodeIdentity) -> Option<&Member> {
+        (identity.federation == self.federation)
+            .then(|| self.members.get(&identity.org))
+            .flatten()
+    }
+
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        now >= self.expires_at
+    }
+}
+
+/// Verifies a signed manifest note with the operator key and parses it.
+pub fn open(
+    note: &str,
+    operator_key: &VerifierKey,
+    expected_federation: &FederationName,
+) -> Result<Manifest, ManifestError> {
+    let text = operator_key.open(note)?;
+    let doc: ManifestDocV1 =
+        serde_json::from_str(text).map_err(|e| ManifestError::Invalid(e.to_string()))?;
+    let manifest = parse_doc(
+        doc,
+        ring::digest::digest(&ring::digest::SHA256, text.as_bytes()),
+    )?;
+    if &manifest.federation != expected_federation {
+        return Err(ManifestError::WrongFederation {
+            expected: expected_federation.to_string(),
+            found: manifest.federation.to_string(),
+        });
+    }
+    Ok(manifest)
+}
+
+fn parse_doc(doc: ManifestDocV1, hash: ring::digest::Digest) -> Result<Manifest, ManifestError> {
+    let invalid = |m: String| ManifestError::Invalid(m);
+    if doc.format != MANIFEST_FORMAT_V1 {
+        return Err(invalid(format!(
+            "format `{}` is not supported (expected `{MANIFEST_FORMAT_V1}`)",
+            doc.format
+        )));
+    }
+    let federation: FederationName = doc
+        .federation
+        .parse()
+        .map_err(|e| invalid(format!("federation: {e}")))?;
+    if doc.serial == 0 {
+        return Err(invalid("serial must be at least 1".into()));
+    }
+    if doc.expires_at <= doc.issued_at {
+        return Err(invalid("expires_at must be after issued_at".into()));
+    }
+    let mut members = BTreeMap::new();
+    for m in doc.members {
+        let org: OrgId = m
+            .org_id
+            .parse()
+            .map_err(|e| invalid(format!("member: {e}")))?;
+        let ctx =
+            |what: &str, e: &dyn std::fmt::Display| invalid(format!("member `{org}`: {what}: {e}"));
+        let kind: OrgKind = m.kind.parse().map_err(|e| ctx("kind", &e))?;
+        let cvr: Cvr = m.cvr.parse().map_err(|e| ctx("cvr", &e))?;
+        let kommunekode = m
+            .kommunekode
+            .map(|k| k.parse::<Kommunekode>())
+            .transpose()
+            .map_err(|e| ctx("kommunekode", &e))?;
+        if kind == OrgKind::Municipality && kommunekode.is_none() {
+            return Err(ctx("kommunekode", &"a municipality must have one"));
+        }
+        if kind != OrgKind::Municipality && kommunekode.is_some() {
+            return Err(ctx("kommunekode", &"only municipalities have one"));
+        }
+        if m.name.trim().is_empty() || m.name.len() > 200 {
+            return Err(ctx("name", &"must be 1 to 200 characters"));
+        }
+        let endpoint = Endpoint::parse(&m.endpoint).map_err(|e| ctx("endpoint", &e))?;
+        let audit_key: VerifierKey = m
+            .audit_verifier_key
+            .parse()
+            .map_err(|e| ctx("audit_verifier_key", &e))?;
+        if audit_key.name() != m.audit_origin {
+            return Err(ctx(
+                "audit_verifier_key",
+                &"the key name must equal the member's audit_origin",
+            ));
+        }
+        let member = Member {
+            org: org.clone(),
+            name: m.name,
+            kind,
+            cvr,
+            kommunekode,
+            endpoint,
+            audit_origin: m.audit_origin,
+            audit_key,
+        };
+        if members.insert(org.clone(), member).is_some() {
+            return Err(invalid(format!("member `{org}` is listed twice")));
+        }
+    }
+    let mut content_hash = [0u8; 32];
+    content_hash.copy_from_slice(hash.as_ref());
+    Ok(Manifest {
+        federation,
+        serial: doc.serial,
+        issued_at: doc.issued_at,
+        expires_at: doc.expires_at,
+        members,
+        content_hash,
+    })
+}
+
+/// The highest manifest a node has accepted, as persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptedSerial {
+    pub serial: u64,
+    pub content_hash: [u8; 32],
+}
+
+/// Whether a verified candidate may become the current manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Succession {
+    /// A higher serial than any accepted before: take it and persist it.
+    Newer,
+    /// The manifest already accepted, byte for byte: nothing to do.
+    Same,
+}
+
+/// The succession rule of DESIGN §2: not expired, never a lower serial, never the same serial
+/// with other content. Pure.
+pub fn check_succession(
+    accepted: Option<AcceptedSerial>,
+    candidate: &Manifest,
+    now: OffsetDateTime,
+) -> Result<Succession, ManifestError> {
+    if candidate.is_expired(now) {
+        return Err(ManifestError::Expired(format_time(candidate.expires_at)));
+    }
+    match accepted {
+        None => Ok(Succession::Newer),
+        Some(a) if candidate.serial > a.serial => Ok(Succession::Newer),
+        Some(a) if candidate.serial < a.serial => Err(ManifestError::SerialRollback {
+            candidate: candidate.serial,
+            accepted: a.serial,
+        }),
+        Some(a) if a.content_hash == candidate.content_hash => Ok(Succession::Same),
+        Some(a) => Err(ManifestError::SerialReused(a.serial)),
+    }
+}
+
+pub fn format_time(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// The current manifest of a running node, shared by all request handlers. Readers take a
+/// cheap `Arc` snapshot per request, so membership is decided on every request.
+#[derive(Debug)]
+pub struct ManifestHolder {
+    current: RwLock<Arc<Manifest>>,
+}
+
+impl ManifestHolder {
+    pub fn new(manifest: Manifest) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(manifest)),
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Manifest> {
+        match self.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            // A poisoned lock only means a writer panicked between two whole assignments; the
+            // value inside is still a complete manifest.
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub fn replace(&self, manifest: Manifest) {
+        let new = Arc::new(manifest);
+        match self.current.write() {
+            Ok(mut guard) => *guard = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signed_note::{NoteSigner, generate_ed25519_pkcs8};
+    use time::macros::datetime;
+
+    fn operator() -> NoteSigner {
+        NoteSigner::from_pkcs8(
+            "brobygger.test/operator",
+            &generate_ed25519_pkcs8().unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn doc(serial: u64) -> ManifestDocV1 {
+        let audit = NoteSigner::from_pkcs8(
+            "brobygger.test/red-barnet/audit",
+            &generate_ed25519_pkcs8().unwrap(),
+        )
+        .unwrap();
+        ManifestDocV1 {
+            format: MANIFEST_FORMAT_V1.into(),
+            federation: "brobygger.test".into(),
+            serial,
+            issued_at: datetime!(2026-11-01 00:00 UTC),
+            expires_at: datetime!(2027-11-01 00:00 UTC),
+            members: vec![MemberDocV1 {
+                org_id: "red-barnet".into(),
+                name: "Red Barnet (test)".into(),
+                kind: "ngo".into(),
+                cvr: "99000003".into(),
+                kommunekode: None,
+                endpoint: "https://127.0.0.1:7103".into(),
+                audit_origin: "brobygger.test/red-barnet/audit".into(),
+                audit_verifier_key: audit.verifier_key().to_string(),
+            }],
+        }
+    }
+
+    fn sign(op: &NoteSigner, doc: &ManifestDocV1) -> String {
+        op.sign(&format!("{}\n", serde_json::to_string_pretty(doc).unwrap()))
+            .unwrap()
+    }
+
+    fn fed() -> FederationName {
+        "brobygger.test".parse().unwrap()
+    }
+
+    #[test]
+    fn signed_manifest_opens_and_unsigned_or_foreign_does_not() {
+        let op = operator();
+        let note = sign(&op, &doc(1));
+        let m = open(&note, op.verifier_key(), &fed()).unwrap();
+        assert_eq!(m.serial, 1);
+        assert!(m.member(&"red-barnet".parse().unwrap()).is_some());
+        let text = note.split("\n\n").next().unwrap();
+        assert!(matches!(
+            open(text, op.verifier_key(), &fed()),
+            Err(ManifestError::Signature(NoteError::Unsigned))
+        ));
+        assert!(matches!(
+            open(&note, operator().verifier_key(), &fed()),
+            Err(ManifestError::Signature(_))
+        ));
+        assert!(matches!(
+            open(&note, op.verifier_key(), &"other.test".parse().unwrap()),
+            Err(ManifestError::WrongFederation { .. })
+        ));
+    }
+
+    #[test]
+    fn succession_rules() {
+        let op = operator();
+        let now = datetime!(2026-11-22 12:00 UTC);
+        let m1 = open(&sign(&op, &doc(1)), op.verifier_key(), &fed()).unwrap();
+        let m2 = open(&sign(&op, &doc(2)), op.verifier_key(), &fed()).unwrap();
+        let accepted2 = AcceptedSerial {
+            serial: 2,
+            content_hash: m2.content_hash,
+        };
+        assert_eq!(check_succession(None, &m1, now), Ok(Succession::Newer));
+        assert_eq!(
+            check_succession(Some(accepted2), &m2, now),
+            Ok(Succession::Same)
+        );
+        assert_eq!(
+            check_succession(Some(accepted2), &m1, now),
+            Err(ManifestError::SerialRollback {
+                candidate: 1,
+                accepted: 2
+            })
+        );
+        let m2b = open(&sign(&op, &doc(2)), op.verifier_key(), &fed()).unwrap();
+        assert_eq!(
+            check_succession(Some(accepted2), &m2b, now),
+            Err(ManifestError::SerialReused(2))
+        );
+        assert!(matches!(
+            check_succession(None, &m1, datetime!(2027-11-01 00:00 UTC)),
+            Err(ManifestError::Expired(_))
+        ));
+    }
+
+    #[test]
+    fn member_rules_are_enforced() {
+        let op = operator();
+        let mut d = doc(1);
+        d.members[0].kind = "municipality".into();
+        assert!(matches!(
+            open(&sign(&op, &d), op.verifier_key(), &fed()),
+            Err(ManifestError::Invalid(m)) if m.contains("kommunekode")
+        ));
+        let mut d = doc(1);
+        d.members.push(d.members[0].clone());
+        assert!(matches!(
+            open(&sign(&op, &d), op.verifier_key(), &fed()),
+            Err(ManifestError::Invalid(m)) if m.contains("twice")
+        ));
+        let mut d = doc(1);
+        d.members[0].endpoint = "http://127.0.0.1:7103".into();
+        assert!(open(&sign(&op, &d), op.verifier_key(), &fed()).is_err());
+    }
+}

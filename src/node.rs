@@ -1,0 +1,439 @@
+//! A running node: loads everything a node needs, starts the federation and local listeners,
+//! keeps the manifest current, and shuts down gracefully.
+//!
+//! Start-up fails (exit code 2) on anything misconfigured, before a port is opened: config,
+//! certificates and keys, token keys, the database, and the manifest.
+
+use crate::config::{Config, ConfigError, LocalTransport};
+use crate::domain::NodeIdentity;
+use crate::federation::{self, PeerClients};
+use crate::identity::TlsMaterial;
+use crate::jwt::{Jwks, TokenVerifier};
+use crate::manifest::{self, AcceptedSerial, Manifest, ManifestError, ManifestHolder, Succession};
+use crate::problem;
+use crate::storage::{self, Database, StorageError};
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpServer, web};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The largest request body either listener reads. Later issues size it per route.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// The node's notion of now. Production uses the system clock; tests use a manual clock they
+/// can set, so that expiry is shown without waiting.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    manual: Option<Arc<Mutex<OffsetDateTime>>>,
+}
+
+impl Clock {
+    pub fn system() -> Self {
+        Self { manual: None }
+    }
+
+    /// A clock that stands still at `at` until [`Clock::set`] moves it.
+    pub fn manual(at: OffsetDateTime) -> Self {
+        Self {
+            manual: Some(Arc::new(Mutex::new(at))),
+        }
+    }
+
+    /// Moves a manual clock; does nothing to the system clock.
+    pub fn set(&self, at: OffsetDateTime) {
+        if let Some(manual) = &self.manual {
+            *manual
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = at;
+        }
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        match &self.manual {
+            Some(manual) => *manual
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            None => OffsetDateTime::now_utc(),
+        }
+    }
+}
+
+/// Everything request handlers share.
+pub struct NodeState {
+    pub config: Config,
+    pub identity: NodeIdentity,
+    pub manifest: ManifestHolder,
+    pub db: Database,
+    pub tls: TlsMaterial,
+    pub tokens: TokenVerifier,
+    pub peers: PeerClients,
+    pub clock: Clock,
+}
+
+/// Why a node could not start. All of these are configuration problems (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{file}: {source}")]
+    Manifest {
+        file: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("database: {0}")]
+    Storage(#[from] StorageError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Loads the token verification keys named in the config.
+pub fn load_token_verifier(config: &Config) -> Result<TokenVerifier, ConfigError> {
+    let file = config.source.as_path();
+    let bytes = std::fs::read(&config.local_api.jwks).map_err(|e| {
+        ConfigError::new(
+            file,
+            "local_api.jwks",
+            format!("cannot read {}: {e}", config.local_api.jwks.display()),
+        )
+    })?;
+    let jwks = Jwks::from_json(&bytes)
+        .map_err(|e| ConfigError::new(file, "local_api.jwks", e.to_string()))?;
+    TokenVerifier::new(
+        jwks,
+        config.local_api.issuer.clone(),
+        config.local_api.audience.clone(),
+    )
+    .map_err(|e| ConfigError::new(file, "local_api", e.to_string()))
+}
+
+/// Reads and verifies the manifest file and applies the succession rule against what the
+/// database says was accepted before. Persists a newer one.
+pub async fn load_manifest(
+    config: &Config,
+    db: &Database,
+    now: OffsetDateTime,
+) -> Result<Manifest, StartError> {
+    let manifest_error = |source| StartError::Manifest {
+        file: config.federation.manifest.display().to_string(),
+        source,
+    };
+    let note = std::fs::read_to_string(&config.federation.manifest)
+        .map_err(|e| manifest_error(ManifestError::Unreadable(e.to_string())))?;
+    let candidate = manifest::open(
+        &note,
+        &config.federation.operator_key,
+        &config.federation_name,
+    )
+    .map_err(manifest_error)?;
+    let accepted = storage::load_accepted_manifest(db).await?;
+    match manifest::check_succession(accepted, &candidate, now).map_err(manifest_error)? {
+        Succession::Same => {}
+        Succession::Newer => {
+            storage::store_accepted_manifest(
+                db,
+                AcceptedSerial {
+                    serial: candidate.serial,
+                    content_hash: candidate.content_hash,
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(candidate)
+}
+
+/// What a manifest reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Unchanged,
+    Replaced { from: u64, to: u64 },
+}
+
+impl NodeState {
+    /// Re-reads the manifest file; a newer valid manifest replaces the current one, anything
+    /// else is kept out and the current manifest stays.
+    pub async fn reload_manifest(&self) -> Result<ReloadOutcome, StartError> {
+        let current = self.manifest.snapshot();
+        let candidate = load_manifest(&self.config, &self.db, self.clock.now()).await?;
+        if candidate.serial == current.serial {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let outcome = ReloadOutcome::Replaced {
+            from: current.serial,
+            to: candidate.serial,
+        };
+        self.manifest.replace(candidate);
+        Ok(outcome)
+    }
+}
+
+/// A node with both listeners running.
+pub struct RunningNode {
+    pub federation_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    pub state: web::Data<NodeState>,
+    federation_server: ServerHandle,
+    local_server: ServerHandle,
+    server_tasks: Vec<JoinHandle<std::io::Result<()>>>,
+    background: Vec<JoinHandle<()>>,
+    stop_background: watch::Sender<bool>,
+}
+
+/// Loads and checks everything, opens the database, and starts both listeners.
+pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartError> {
+    crate::identity::install_default_crypto_provider();
+    // A foreign provider would have been installed by our own code only; TokenVerifier::new
+    // reports it as a configuration error if it ever happens.
+    let _ = crate::jwt::install_crypto_provider();
+    let tls = TlsMaterial::load(&config)?;
+    let tokens = load_token_verifier(&config)?;
+    let signer = load_signing_key(&config)?;
+    let db = Database::open(&config.database).await?;
+    let manifest = load_manifest(&config, &db, clock.now()).await?;
+    check_self_in_manifest(&config, &manifest, &signer)?;
+    if matches!(
+        config.local_api.transport,
+        LocalTransport::DangerousPlaintext
+    ) {
+        tracing::warn!(
+            listen = %config.local_api.listen,
+            "DANGEROUS: dangerous_plaintext_local_api = true: the local API speaks plain HTTP \
+             (loopback only). Tokens and data cross it unencrypted. Never use this in production."
+        );
+    }
+    let state = web::Data::new(NodeState {
+        identity: tls.identity.clone(),
+        config,
+        manifest: ManifestHolder::new(manifest),
+        db,
+        tls,
+        tokens,
+        peers: PeerClients::default(),
+        clock,
+    });
+    let config = &state.config;
+    let workers = config.server.workers;
+    let shutdown_secs = config.server.shutdown_timeout.as_secs();
+
+    let federation_listener =
+        std::net::TcpListener::bind(config.federation.listen).map_err(|source| {
+            StartError::Bind {
+                what: "federation",
+                addr: config.federation.listen,
+                source,
+            }
+        })?;
+    let federation_addr = local_addr(&federation_listener, config.federation.listen, "federation")?;
+    let app_state = state.clone();
+    let federation_server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(json_config())
+            .app_data(web::PathConfig::default().error_handler(problem::path_error_handler))
+            .configure(federation::routes)
+    })
+    .on_connect(federation::on_connect(state.identity.federation.clone()))
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(shutdown_secs)
+    .keep_alive(Duration::from_secs(75))
+    .listen_rustls_0_23(federation_listener, (*state.tls.federation_server).clone())
+    .map_err(|source| StartError::Bind {
+        what: "federation",
+        addr: federation_addr,
+        source,
+    })?
+    .run();
+
+    let local_listener =
+        std::net::TcpListener::bind(config.local_api.listen).map_err(|source| {
+            StartError::Bind {
+                what: "local API",
+                addr: config.local_api.listen,
+                source,
+            }
+        })?;
+    let local_addr_bound = local_addr(&local_listener, config.local_api.listen, "local API")?;
+    let app_state = state.clone();
+    let local_builder = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .app_data(json_config())
+            .app_data(web::PathConfig::default().error_handler(problem::path_error_handler))
+            .configure(crate::api::routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .shutdown_timeout(shutdown_secs);
+    let local_builder = match &state.tls.local_server {
+        Some(tls) => local_builder.listen_rustls_0_23(local_listener, (**tls).clone()),
+        None => local_builder.listen(local_listener),
+    }
+    .map_err(|source| StartError::Bind {
+        what: "local API",
+        addr: local_addr_bound,
+        source,
+    })?;
+    let local_server = local_builder.run();
+
+    let federation_handle = federation_server.handle();
+    let local_handle = local_server.handle();
+    let server_tasks = vec![tokio::spawn(federation_server), tokio::spawn(local_server)];
+
+    let (stop_background, stop_rx) = watch::channel(false);
+    let background = vec![tokio::spawn(manifest_watcher(state.clone(), stop_rx))];
+
+    tracing::info!(
+        org = %state.identity.org,
+        federation = %federation_addr,
+        local_api = %local_addr_bound,
+        database = state.db.engine(),
+        manifest_serial = state.manifest.snapshot().serial,
+        "node started"
+    );
+    Ok(RunningNode {
+        federation_addr,
+        local_addr: local_addr_bound,
+        state,
+        federation_server: federation_handle,
+        local_server: local_handle,
+        server_tasks,
+        background,
+        stop_background,
+    })
+}
+
+fn local_addr(
+    listener: &std::net::TcpListener,
+    wanted: SocketAddr,
+    what: &'static str,
+) -> Result<SocketAddr, StartError> {
+    listener.local_addr().map_err(|source| StartError::Bind {
+        what,
+        addr: wanted,
+        source,
+    })
+}
+
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(MAX_BODY_BYTES)
+        .error_handler(problem::json_error_handler)
+}
+
+/// Polls the manifest file and applies a newer valid one. A refused file is logged once (not on
+/// every poll) and the current manifest stays.
+async fn manifest_watcher(state: web::Data<NodeState>, mut stop: watch::Receiver<bool>) {
+    let interval = state.config.federation.manifest_poll_interval;
+    let mut last_seen: Option<Vec<u8>> = std::fs::read(&state.config.federation.manifest).ok();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        let Ok(bytes) = std::fs::read(&state.config.federation.manifest) else {
+            continue;
+        };
+        if last_seen.as_deref() == Some(bytes.as_slice()) {
+            continue;
+        }
+        last_seen = Some(bytes);
+        match state.reload_manifest().await {
+            Ok(ReloadOutcome::Replaced { from, to }) => {
+                tracing::info!(from, to, "federation manifest reloaded");
+            }
+            Ok(ReloadOutcome::Unchanged) => {}
+            Err(e) => tracing::warn!(
+                reason = %e,
+                "a new manifest file was kept out; the current manifest stays in force"
+            ),
+        }
+    }
+}
+
+impl RunningNode {
+    /// Graceful stop: listeners stop accepting, in-flight requests finish within the configured
+    /// bound, background tasks end, and the database is closed cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop_background.send(true);
+        tokio::join!(
+            self.federation_server.stop(true),
+            self.local_server.stop(true)
+        );
+        for task in self.server_tasks {
+            let _ = task.await;
+        }
+        for task in self.background {
+            let _ = task.await;
+        }
+        self.state.db.close().await;
+        tracing::info!(org = %self.state.identity.org, "node stopped");
+    }
+}
+
+/// Checks a signing key file is usable; used by start and `check`.
+pub fn load_signing_key(config: &Config) -> Result<crate::signed_note::NoteSigner, ConfigError> {
+    let file = config.source.as_path();
+    let path = &config.audit.signing_key;
+    let bytes = std::fs::read(path).map_err(|e| {
+        ConfigError::new(
+            file,
+            "audit.signing_key",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(&bytes).map_err(|_| {
+        ConfigError::new(
+            file,
+            "audit.signing_key",
+            format!("{} is not a PEM PKCS#8 private key", path.display()),
+        )
+    })?;
+    let origin = audit_origin(config);
+    crate::signed_note::NoteSigner::from_pkcs8(&origin, der.secret_pkcs8_der())
+        .map_err(|e| ConfigError::new(file, "audit.signing_key", e.to_string()))
+}
+
+/// The audit log origin (and checkpoint key name) of this node.
+pub fn audit_origin(config: &Config) -> String {
+    format!("{}/{}/audit", config.federation_name, config.org)
+}
+
+/// The node must be a member of its own manifest, and the audit key the manifest publishes for
+/// it must be the one it signs with; otherwise no peer could verify its receipts.
+pub fn check_self_in_manifest(
+    config: &Config,
+    manifest: &Manifest,
+    signer: &crate::signed_note::NoteSigner,
+) -> Result<(), ConfigError> {
+    let file = config.source.as_path();
+    let member = manifest.member(&config.org).ok_or_else(|| {
+        ConfigError::new(
+            file,
+            "org_id",
+            format!(
+                "`{}` is not a member in manifest serial {}",
+                config.org, manifest.serial
+            ),
+        )
+    })?;
+    if &member.audit_key != signer.verifier_key() {
+        return Err(ConfigError::new(
+            file,
+            "audit.signing_key",
+            "this key does not match the audit verifier key the manifest publishes for this node",
+        ));
+    }
+    Ok(())
+}

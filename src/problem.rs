@@ -1,0 +1,212 @@
+//! RFC 9457 problem details: the one place where errors become HTTP responses.
+//!
+//! Every error that leaves the node is a `Problem` with a stable machine-readable `reason`.
+//! Internal causes are logged here and never sent: a peer or a client sees the reason, a title
+//! and a safe detail, nothing else.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use std::fmt;
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+/// A problem document as sent on the wire.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: &'static str,
+    pub status: u16,
+    /// Stable reason code, e.g. `peer-not-member`. Clients branch on this, not on the title.
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip)]
+    www_authenticate: bool,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, reason: &'static str, title: &'static str) -> Self {
+        Self {
+            type_uri: format!("urn:brobygger:problem:{reason}"),
+            title,
+            status: status.as_u16(),
+            reason,
+            detail: None,
+            www_authenticate: false,
+        }
+    }
+
+    /// Adds a detail that is safe to show to the caller (never an internal error text).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    // ----- The catalogue of problems. Each constructor is one reason code. -----
+
+    pub fn peer_not_member(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "peer-not-member",
+            "The client certificate does not name a current member of this federation",
+        )
+        .with_detail(detail)
+    }
+
+    pub fn manifest_expired() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "manifest-expired",
+            "This node's federation manifest has expired; it refuses all exchange until a new one is installed",
+        )
+    }
+
+    pub fn unauthenticated(detail: impl Into<String>) -> Self {
+        let mut p = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "A valid bearer token is required",
+        )
+        .with_detail(detail);
+        p.www_authenticate = true;
+        p
+    }
+
+    pub fn forbidden_role(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden-role",
+            "The token's roles do not allow this operation",
+        )
+        .with_detail(detail)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", "No such resource")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "This resource does not support that method",
+        )
+    }
+
+    pub fn malformed_request(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "malformed-request",
+            "The request is malformed",
+        )
+        .with_detail(detail)
+    }
+
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "The request body is larger than this node accepts",
+        )
+        .with_detail(format!("the limit is {limit} bytes"))
+    }
+
+    pub fn unknown_peer(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown-peer",
+            "No current member of the federation has that id",
+        )
+        .with_detail(detail)
+    }
+
+    /// The peer could not be reached or did not prove its identity. `cause` is logged only.
+    pub fn peer_unreachable(peer: &str, cause: &dyn fmt::Display) -> Self {
+        tracing::warn!(%peer, %cause, "federation peer unreachable or not authenticated");
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "peer-unreachable",
+            "The peer could not be reached, or it did not prove its identity",
+        )
+        .with_detail(format!("peer `{peer}`"))
+    }
+
+    /// Something failed inside the node. `cause` is logged only; the caller learns nothing of it.
+    pub fn internal(cause: &dyn fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error while answering a request");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "The node could not complete the request",
+        )
+    }
+
+    /// A dependency (the database) is unavailable. `cause` is logged only.
+    pub fn unavailable(cause: &dyn fmt::Display) -> Self {
+        tracing::error!(%cause, "dependency unavailable while answering a request");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "The node cannot serve this request right now",
+        )
+    }
+}
+
+impl Problem {
+    /// The HTTP response for this problem, for handlers that answer with it directly.
+    pub fn respond(&self) -> HttpResponse {
+        self.error_response()
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.title, self.reason)
+    }
+}
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE)));
+        if self.www_authenticate {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            ));
+        }
+        response.json(self)
+    }
+}
+
+/// Turns actix-web's JSON extractor failures into problems (size and syntax).
+pub fn json_error_handler(
+    err: actix_web::error::JsonPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as E;
+    let problem = match &err {
+        E::OverflowKnownLength { limit, .. } | E::Overflow { limit } => {
+            Problem::body_too_large(*limit)
+        }
+        E::ContentType => Problem::malformed_request("the body must be application/json"),
+        E::Deserialize(e) => Problem::malformed_request(format!("invalid JSON: {e}")),
+        _ => Problem::malformed_request("the body could not be read"),
+    };
+    problem.into()
+}
+
+/// Turns path and query extractor failures into problems.
+pub fn path_error_handler(
+    err: actix_web::error::PathError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    Problem::malformed_request(format!("invalid path: {err}")).into()
+}

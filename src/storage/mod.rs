@@ -1,0 +1,131 @@
+//! Durable state through sqlx, on SQLite (the embedded default) or PostgreSQL.
+//!
+//! Invariant: this is the only module that speaks SQL; `federation` and `api` never do. Queries
+//! are built at runtime (`query` + `bind`), one file per aggregate, with a migration folder per
+//! engine under `migrations/`. SQLite runs in WAL mode with `synchronous=FULL`, so a commit is
+//! on disk before it is acknowledged.
+
+mod manifest_state;
+mod migrate;
+
+pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
+
+use crate::config::{DatabaseConfig, DatabaseUrl};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Storage failures. The inner text is for logs, never for a peer or a client.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open the database: {0}")]
+    Connect(String),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("refused by a storage invariant: {0}")]
+    Invariant(String),
+}
+
+/// A connection pool on one of the two supported engines.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Database {
+    /// Opens (and for SQLite creates) the database named in the configuration, then applies
+    /// pending migrations.
+    pub async fn open(config: &DatabaseConfig) -> Result<Self, StorageError> {
+        let db = match &config.url {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        StorageError::Connect(format!("cannot create {}: {e}", parent.display()))
+                    })?;
+                }
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| StorageError::Connect(e.to_string()))?;
+                Database::Sqlite(pool)
+            }
+            DatabaseUrl::Postgres(url) => {
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(|e| StorageError::Connect(format!("invalid PostgreSQL URL: {e}")))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(config.max_connections)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| StorageError::Connect(e.to_string()))?;
+                Database::Postgres(pool)
+            }
+        };
+        migrate::run(&db).await?;
+        Ok(db)
+    }
+
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgres",
+        }
+    }
+
+    /// A round trip to the database, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StorageError> {
+        match self {
+            Database::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ())?,
+            Database::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ())?,
+        }
+        Ok(())
+    }
+
+    /// SQLite's `PRAGMA synchronous` (2 = FULL); `None` on PostgreSQL. Tests assert it.
+    pub async fn sqlite_synchronous(&self) -> Result<Option<i64>, StorageError> {
+        match self {
+            Database::Sqlite(pool) => {
+                let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                    .fetch_one(pool)
+                    .await?;
+                Ok(Some(level))
+            }
+            Database::Postgres(_) => Ok(None),
+        }
+    }
+
+    /// SQLite's journal mode (`wal` expected); `None` on PostgreSQL.
+    pub async fn sqlite_journal_mode(&self) -> Result<Option<String>, StorageError> {
+        match self {
+            Database::Sqlite(pool) => {
+                let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                    .fetch_one(pool)
+                    .await?;
+                Ok(Some(mode))
+            }
+            Database::Postgres(_) => Ok(None),
+        }
+    }
+
+    /// Waits for open connections to finish and closes the pool (at shutdown).
+    pub async fn close(&self) {
+        match self {
+            Database::Sqlite(pool) => pool.close().await,
+            Database::Postgres(pool) => pool.close().await,
+        }
+    }
+}

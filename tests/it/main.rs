@@ -1,0 +1,12 @@
+//! The integration test binary: real nodes on loopback ports chosen by the OS, a fresh
+//! development PKI per test, real SQLite files and a real PostgreSQL server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+mod cli;
+mod config_errors;
+mod local_api_auth;
+mod manifest_rules;
+mod mtls;
+mod storage;
