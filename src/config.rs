@@ -596,6 +596,30 @@ signing_key = "red-barnet/audit.key"
         );
     }
 
+    /// The example files in `config/` are documentation; they must also stay valid.
+    #[test]
+    fn the_example_configs_parse() {
+        for (name, text) in [
+            (
+                "herning-kommune",
+                include_str!("../config/herning-kommune.toml"),
+            ),
+            (
+                "fredericia-kommune",
+                include_str!("../config/fredericia-kommune.toml"),
+            ),
+            ("red-barnet", include_str!("../config/red-barnet.toml")),
+        ] {
+            let path = PathBuf::from(format!("/srv/brobygger/config/{name}.toml"));
+            let config = Config::parse(&path, text, &[]).unwrap();
+            assert_eq!(config.org.as_str(), name);
+            assert_eq!(
+                config.federation.ca_cert,
+                Path::new("/srv/brobygger/config/../certs/dev/federation/ca.pem")
+            );
+        }
+    }
+
     #[test]
     fn plaintext_local_api_is_loopback_only_and_never_in_production() {
         let text = sample()

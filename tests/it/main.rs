@@ -10,3 +10,4 @@ mod local_api_auth;
 mod manifest_rules;
 mod mtls;
 mod storage;
+mod tidy;
