@@ -4,6 +4,7 @@
 //! See `ARCHITECTURE.md` for the map of modules and the path a message takes.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -37,7 +37,12 @@ fn every_module_starts_with_a_doc_comment() {
 
 #[test]
 fn the_pure_modules_do_no_io() {
-    for file in ["src/domain.rs", "src/signed_note.rs", "src/manifest.rs"] {
+    for file in [
+        "src/domain.rs",
+        "src/signed_note.rs",
+        "src/manifest.rs",
+        "src/audit/merkle.rs",
+    ] {
         // Comments may name what the module avoids; only code counts.
         let code: String = source(file)
             .lines()
