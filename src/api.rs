@@ -201,6 +201,7 @@ async fn ping_peer(
             "round_trip_ms": started.elapsed().as_secs_f64() * 1000.0,
         }))),
         Err(PeerError::UnknownPeer(org)) => Err(Problem::unknown_peer(org.to_string())),
+        Err(PeerError::ManifestExpired) => Err(Problem::manifest_expired()),
         Err(e) => Err(Problem::peer_unreachable(org.as_str(), &e)),
     }
 }

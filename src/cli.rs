@@ -26,7 +26,8 @@ pub const EXIT_USAGE: u8 = 2;
     long_about = "Brobygger runs one gateway node per organisation. Nodes talk to each other over \
                   mutual TLS and enforce consent and purpose at their own boundary; local systems \
                   use the node's local API with bearer tokens.\n\n\
-                  Exit codes: 0 ok, 1 a check failed, 2 usage or configuration error.\n\
+                  Exit codes: 0 ok, 1 a check failed (used by the audit verification \
+                  commands), 2 usage or configuration error.\n\
                   Logging: set RUST_LOG (e.g. RUST_LOG=info,brobygger=debug)."
 )]
 pub struct Cli {
@@ -122,13 +123,14 @@ fn parse_ttl(value: &str) -> Result<i64, String> {
     let n: i64 = number
         .parse()
         .map_err(|_| format!("`{value}` is not a duration such as 30m, 1h or 1d"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" | "" => n * 3600,
-        "d" => n * 86_400,
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86_400,
         _ => return Err(format!("`{value}`: use s, m, h or d")),
     };
+    let seconds = n.checked_mul(factor).unwrap_or(i64::MAX);
     if !(1..=30 * 86_400).contains(&seconds) {
         return Err("a token lives between 1 second and 30 days".into());
     }
@@ -319,9 +321,10 @@ async fn check(config_path: PathBuf) -> u8 {
         println!("ok: token keys {}", config.local_api.jwks.display());
         let signer = node::load_signing_key(&config)?;
         println!("ok: audit signing key {}", signer.verifier_key());
-        let db = crate::storage::Database::open(&config.database).await?;
+        let db = node::open_database(&config).await?;
         println!("ok: database ({})", db.engine());
-        let manifest = node::load_manifest(&config, &db, OffsetDateTime::now_utc()).await?;
+        let manifest =
+            node::load_manifest(&config, &db, OffsetDateTime::now_utc(), node::Persist::No).await?;
         node::check_self_in_manifest(&config, &manifest, &signer)?;
         println!(
             "ok: manifest serial {} with {} members, expires {}",

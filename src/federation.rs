@@ -130,6 +130,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub enum PeerError {
     #[error("`{0}` is not a current member of the federation")]
     UnknownPeer(OrgId),
+    #[error("this node's federation manifest has expired")]
+    ManifestExpired,
     #[error("cannot build a TLS client: {0}")]
     Tls(String),
     #[error("the request to the peer failed: {0}")]
@@ -181,6 +183,10 @@ impl PeerClients {
 /// Calls a member's `GET /fed/v1/ping` over mTLS, checking that the server is that member.
 pub async fn ping_peer(state: &NodeState, org: &OrgId) -> Result<PingResponseV1, PeerError> {
     let manifest = state.manifest.snapshot();
+    // Fail closed in this direction too: with an expired manifest nobody is a member.
+    if manifest.is_expired(state.clock.now()) {
+        return Err(PeerError::ManifestExpired);
+    }
     let member = manifest
         .member(org)
         .ok_or_else(|| PeerError::UnknownPeer(org.clone()))?;

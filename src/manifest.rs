@@ -314,11 +314,19 @@ impl ManifestHolder {
         }
     }
 
-    pub fn replace(&self, manifest: Manifest) {
-        let new = Arc::new(manifest);
-        match self.current.write() {
-            Ok(mut guard) => *guard = new,
-            Err(poisoned) => *poisoned.into_inner() = new,
+    /// Installs `manifest` if its serial is higher than the current one, checked under the
+    /// write lock so that two concurrent reloads (watcher and SIGHUP) can never step back.
+    /// Returns whether it was installed.
+    pub fn replace_if_newer(&self, manifest: Manifest) -> bool {
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if manifest.serial > guard.serial {
+            *guard = Arc::new(manifest);
+            true
+        } else {
+            false
         }
     }
 }
@@ -424,6 +432,17 @@ mod tests {
             check_succession(None, &m1, datetime!(2027-11-01 00:00 UTC)),
             Err(ManifestError::Expired(_))
         ));
+    }
+
+    #[test]
+    fn the_current_manifest_never_steps_back() {
+        let op = operator();
+        let m2 = open(&sign(&op, &doc(2)), op.verifier_key(), &fed()).unwrap();
+        let m3 = open(&sign(&op, &doc(3)), op.verifier_key(), &fed()).unwrap();
+        let holder = ManifestHolder::new(m2.clone());
+        assert!(holder.replace_if_newer(m3));
+        assert!(!holder.replace_if_newer(m2));
+        assert_eq!(holder.snapshot().serial, 3);
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub struct NodeState {
     pub tokens: TokenVerifier,
     pub peers: PeerClients,
     pub clock: Clock,
+    /// The verifier key of this node's audit signing key, to notice a manifest that disagrees.
+    pub audit_verifier_key: crate::signed_note::VerifierKey,
 }
 
 /// Why a node could not start. All of these are configuration problems (exit code 2).
@@ -96,6 +98,17 @@ pub enum StartError {
     },
 }
 
+/// Opens the configured database; a failure is reported against `database.url` in the file.
+pub async fn open_database(config: &Config) -> Result<Database, ConfigError> {
+    Database::open(&config.database).await.map_err(|e| {
+        ConfigError::new(
+            &config.source,
+            "database.url",
+            format!("{} database: {e}", config.database.url.engine()),
+        )
+    })
+}
+
 /// Loads the token verification keys named in the config.
 pub fn load_token_verifier(config: &Config) -> Result<TokenVerifier, ConfigError> {
     let file = config.source.as_path();
@@ -116,12 +129,20 @@ pub fn load_token_verifier(config: &Config) -> Result<TokenVerifier, ConfigError
     .map_err(|e| ConfigError::new(file, "local_api", e.to_string()))
 }
 
+/// Whether [`load_manifest`] records a newly accepted serial (`serve`) or only checks (`check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    Yes,
+    No,
+}
+
 /// Reads and verifies the manifest file and applies the succession rule against what the
-/// database says was accepted before. Persists a newer one.
+/// database says was accepted before. With [`Persist::Yes`], records a newer one.
 pub async fn load_manifest(
     config: &Config,
     db: &Database,
     now: OffsetDateTime,
+    persist: Persist,
 ) -> Result<Manifest, StartError> {
     let manifest_error = |source| StartError::Manifest {
         file: config.federation.manifest.display().to_string(),
@@ -138,6 +159,7 @@ pub async fn load_manifest(
     let accepted = storage::load_accepted_manifest(db).await?;
     match manifest::check_succession(accepted, &candidate, now).map_err(manifest_error)? {
         Succession::Same => {}
+        Succession::Newer if persist == Persist::No => {}
         Succession::Newer => {
             storage::store_accepted_manifest(
                 db,
@@ -164,16 +186,31 @@ impl NodeState {
     /// else is kept out and the current manifest stays.
     pub async fn reload_manifest(&self) -> Result<ReloadOutcome, StartError> {
         let current = self.manifest.snapshot();
-        let candidate = load_manifest(&self.config, &self.db, self.clock.now()).await?;
-        if candidate.serial == current.serial {
-            return Ok(ReloadOutcome::Unchanged);
+        let candidate =
+            load_manifest(&self.config, &self.db, self.clock.now(), Persist::Yes).await?;
+        if let Some(signer_key) = candidate.member(&self.config.org).map(|m| &m.audit_key) {
+            if signer_key != &self.audit_verifier_key {
+                tracing::warn!(
+                    serial = candidate.serial,
+                    "the new manifest publishes another audit key for this node; peers will not \
+                     verify its receipts and the node will refuse to restart with this manifest"
+                );
+            }
+        } else {
+            tracing::warn!(
+                serial = candidate.serial,
+                "the new manifest does not list this node; peers will refuse it"
+            );
         }
-        let outcome = ReloadOutcome::Replaced {
-            from: current.serial,
-            to: candidate.serial,
-        };
-        self.manifest.replace(candidate);
-        Ok(outcome)
+        let to = candidate.serial;
+        if self.manifest.replace_if_newer(candidate) {
+            Ok(ReloadOutcome::Replaced {
+                from: current.serial,
+                to,
+            })
+        } else {
+            Ok(ReloadOutcome::Unchanged)
+        }
     }
 }
 
@@ -198,8 +235,8 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
     let tls = TlsMaterial::load(&config)?;
     let tokens = load_token_verifier(&config)?;
     let signer = load_signing_key(&config)?;
-    let db = Database::open(&config.database).await?;
-    let manifest = load_manifest(&config, &db, clock.now()).await?;
+    let db = open_database(&config).await?;
+    let manifest = load_manifest(&config, &db, clock.now(), Persist::Yes).await?;
     check_self_in_manifest(&config, &manifest, &signer)?;
     if matches!(
         config.local_api.transport,
@@ -220,6 +257,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
         tokens,
         peers: PeerClients::default(),
         clock,
+        audit_verifier_key: signer.verifier_key().clone(),
     });
     let config = &state.config;
     let workers = config.server.workers;
@@ -335,7 +373,9 @@ fn json_config() -> web::JsonConfig {
 /// every poll) and the current manifest stays.
 async fn manifest_watcher(state: web::Data<NodeState>, mut stop: watch::Receiver<bool>) {
     let interval = state.config.federation.manifest_poll_interval;
-    let mut last_seen: Option<Vec<u8>> = std::fs::read(&state.config.federation.manifest).ok();
+    // Start from nothing, so that a file changed between start-up and the first poll is still
+    // read; re-reading the accepted file is a cheap `Unchanged`.
+    let mut last_seen: Option<Vec<u8>> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -347,16 +387,23 @@ async fn manifest_watcher(state: web::Data<NodeState>, mut stop: watch::Receiver
         if last_seen.as_deref() == Some(bytes.as_slice()) {
             continue;
         }
-        last_seen = Some(bytes);
         match state.reload_manifest().await {
-            Ok(ReloadOutcome::Replaced { from, to }) => {
-                tracing::info!(from, to, "federation manifest reloaded");
+            Ok(outcome) => {
+                if let ReloadOutcome::Replaced { from, to } = outcome {
+                    tracing::info!(from, to, "federation manifest reloaded");
+                }
+                last_seen = Some(bytes);
             }
-            Ok(ReloadOutcome::Unchanged) => {}
-            Err(e) => tracing::warn!(
-                reason = %e,
-                "a new manifest file was kept out; the current manifest stays in force"
-            ),
+            Err(e @ StartError::Manifest { .. }) => {
+                // The file itself is refused: say so once, until it changes.
+                tracing::warn!(
+                    reason = %e,
+                    "a new manifest file was kept out; the current manifest stays in force"
+                );
+                last_seen = Some(bytes);
+            }
+            // A passing failure (e.g. the database): try the same file again at the next poll.
+            Err(e) => tracing::warn!(reason = %e, "manifest reload failed; retrying"),
         }
     }
 }

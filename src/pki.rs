@@ -421,6 +421,16 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
         secret: false,
     });
 
+    // Databases from an earlier federation accepted its manifest; a new serial-1 manifest with
+    // other content would be refused by them, so never leave them behind silently.
+    let data_dir = dir.join("data");
+    if data_dir.exists() {
+        return Err(PkiError::Invalid(format!(
+            "{} holds node databases of an earlier federation, which would refuse the new \
+             manifest; remove it first to start afresh",
+            data_dir.display()
+        )));
+    }
     if !opts.force {
         let existing: Vec<PathBuf> = outputs
             .iter()

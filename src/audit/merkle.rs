@@ -209,7 +209,7 @@ pub fn verify_consistency(
         return false;
     }
     if old_size == 0 {
-        return proof.is_empty();
+        return proof.is_empty() && old_root == &empty_root();
     }
     if old_size == new_size {
         return proof.is_empty() && old_root == new_root;
@@ -378,6 +378,8 @@ mod tests {
                 }
             }
             assert!(consistency_proof(&all, n + 1).is_none());
+            // Only the empty tree is the empty prefix.
+            assert!(!verify_consistency(0, n as u64, &all[0], &new_root, &[]));
             assert!(!verify_consistency(
                 n as u64 + 1,
                 n as u64,

@@ -77,8 +77,7 @@ fn a_bad_value_is_named() {
         "listen = \"127.0.0.1:71",
         "listen = \"not-an-address:71",
     );
-    // The environment override for listen is ignored in this test: unset it by pointing it at
-    // the same bad value the file has.
+    // Run without the port overrides, so the bad value in the file is what gets parsed.
     for command in ["check", "serve"] {
         let output = std::process::Command::new(support::binary())
             .args([
