@@ -1,0 +1,266 @@
+//! Audit entries: what is recorded, and its one canonical byte encoding.
+//!
+//! An entry is encoded once, by the writer, as compact JSON with a fixed field order, including
+//! its own leaf index (so a moved, swapped or inserted entry names itself). The bytes are stored
+//! and hashed as they are and never re-serialised. Identifiers that could be looked up (consent
+//! ids, subject references, local actor ids) are stored only as keyed HMACs under a separate,
+//! versioned key, so the log itself leaks nothing. Pure: no I/O.
+
+use serde::{Deserialize, Serialize};
+
+/// The largest entry the tlog-tiles entry bundles can carry (a two-byte length prefix).
+pub const MAX_ENTRY_BYTES: usize = 65_535;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("the entry encodes to {0} bytes, more than the limit of 65,535")]
+    TooLarge(usize),
+    #[error("the entry bytes are not a valid v1 entry: {0}")]
+    Malformed(String),
+    #[error("the entry bytes are not in canonical form")]
+    NotCanonical,
+}
+
+/// Whether the node allowed what was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    Permit,
+    Deny,
+}
+
+/// A pseudonymous local actor: HMAC of the token subject, and the role used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActorRecord {
+    pub id_hmac: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub role: Option<String>,
+}
+
+/// What one audit entry says. `None` fields are left out of the encoding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// When, as RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// What happened, e.g. `federation.ping` or `local.authentication`.
+    pub action: String,
+    pub decision: Option<Decision>,
+    /// The stable reason code of a denial (or of a notable permit).
+    pub reason: Option<String>,
+    /// The peer organisation (org ids are public, so they are stored as they are).
+    pub peer: Option<String>,
+    pub actor: Option<ActorRecord>,
+    pub message_id_hmac: Option<String>,
+    pub message_type: Option<String>,
+    pub purpose: Option<String>,
+    pub consent_hmac: Option<String>,
+    pub subject_hmac: Option<String>,
+    /// SHA-256 (hex) of the exact envelope bytes.
+    pub envelope_sha256: Option<String>,
+}
+
+/// The wire form of an encoded entry, field order fixed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryV1 {
+    v: u8,
+    idx: u64,
+    time: String,
+    action: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    decision: Option<Decision>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    peer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    actor: Option<ActorRecord>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    message_id_hmac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    message_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    purpose: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    consent_hmac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    subject_hmac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    envelope_sha256: Option<String>,
+    /// The version of the HMAC key the `*_hmac` fields were made with.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    hmac_key: Option<u32>,
+}
+
+/// Encodes a record as the entry at leaf index `idx`.
+pub fn encode(
+    record: &AuditRecord,
+    idx: u64,
+    hmac_key_version: u32,
+) -> Result<Vec<u8>, EntryError> {
+    let uses_hmac = record.actor.is_some()
+        || record.message_id_hmac.is_some()
+        || record.consent_hmac.is_some()
+        || record.subject_hmac.is_some();
+    let entry = EntryV1 {
+        v: 1,
+        idx,
+        time: record.time.clone(),
+        action: record.action.clone(),
+        decision: record.decision,
+        reason: record.reason.clone(),
+        peer: record.peer.clone(),
+        actor: record.actor.clone(),
+        message_id_hmac: record.message_id_hmac.clone(),
+        message_type: record.message_type.clone(),
+        purpose: record.purpose.clone(),
+        consent_hmac: record.consent_hmac.clone(),
+        subject_hmac: record.subject_hmac.clone(),
+        envelope_sha256: record.envelope_sha256.clone(),
+        hmac_key: uses_hmac.then_some(hmac_key_version),
+    };
+    let bytes = serde_json::to_vec(&entry).map_err(|e| EntryError::Malformed(e.to_string()))?;
+    if bytes.len() > MAX_ENTRY_BYTES {
+        return Err(EntryError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// What a verifier reads back from stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodedEntry {
+    pub idx: u64,
+    pub record: AuditRecord,
+}
+
+/// Decodes stored entry bytes and checks they are canonical (re-encoding gives the same bytes).
+pub fn decode(bytes: &[u8]) -> Result<DecodedEntry, EntryError> {
+    if bytes.len() > MAX_ENTRY_BYTES {
+        return Err(EntryError::TooLarge(bytes.len()));
+    }
+    let entry: EntryV1 =
+        serde_json::from_slice(bytes).map_err(|e| EntryError::Malformed(e.to_string()))?;
+    if entry.v != 1 {
+        return Err(EntryError::Malformed(format!(
+            "version {} is unknown",
+            entry.v
+        )));
+    }
+    if serde_json::to_vec(&entry).map_err(|e| EntryError::Malformed(e.to_string()))? != bytes {
+        return Err(EntryError::NotCanonical);
+    }
+    Ok(DecodedEntry {
+        idx: entry.idx,
+        record: AuditRecord {
+            time: entry.time,
+            action: entry.action,
+            decision: entry.decision,
+            reason: entry.reason,
+            peer: entry.peer,
+            actor: entry.actor,
+            message_id_hmac: entry.message_id_hmac,
+            message_type: entry.message_type,
+            purpose: entry.purpose,
+            consent_hmac: entry.consent_hmac,
+            subject_hmac: entry.subject_hmac,
+            envelope_sha256: entry.envelope_sha256,
+        },
+    })
+}
+
+/// The keyed HMAC that pseudonymises identifiers in the log. The key is separate from every
+/// other key and versioned, so it can be rotated; an auditor who knows a value can search by
+/// asking the node to hash it.
+pub struct HmacKey {
+    version: u32,
+    key: ring::hmac::Key,
+}
+
+impl HmacKey {
+    /// At least 32 bytes of key material.
+    pub fn new(version: u32, material: &[u8]) -> Option<Self> {
+        (material.len() >= 32).then(|| Self {
+            version,
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, material),
+        })
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// `hex(HMAC-SHA256(key, kind || 0x00 || value))`; the kind keeps a consent id and a subject
+    /// reference with the same text apart.
+    pub fn pseudonymise(&self, kind: &str, value: &str) -> String {
+        let mut ctx = ring::hmac::Context::with_key(&self.key);
+        ctx.update(kind.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(value.as_bytes());
+        hex::encode(ctx.sign().as_ref())
+    }
+}
+
+impl std::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HmacKey(v{}, [redacted])", self.version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> AuditRecord {
+        AuditRecord {
+            time: "2026-11-22T12:00:00.000Z".into(),
+            action: "federation.ping".into(),
+            decision: Some(Decision::Permit),
+            peer: Some("red-barnet".into()),
+            ..AuditRecord::default()
+        }
+    }
+
+    #[test]
+    fn encoding_is_canonical_and_round_trips() {
+        let bytes = encode(&record(), 7, 1).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            r#"{"v":1,"idx":7,"time":"2026-11-22T12:00:00.000Z","action":"federation.ping","decision":"permit","peer":"red-barnet"}"#
+        );
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!(decoded.idx, 7);
+        assert_eq!(decoded.record, record());
+        // The same content with other whitespace or field order is not canonical.
+        let spaced = String::from_utf8(bytes).unwrap().replace(',', ", ");
+        assert_eq!(decode(spaced.as_bytes()), Err(EntryError::NotCanonical));
+        assert!(decode(br#"{"v":1,"idx":7,"time":"t","action":"a","extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn oversize_entries_are_refused() {
+        let mut big = record();
+        big.reason = Some("x".repeat(MAX_ENTRY_BYTES));
+        assert!(matches!(encode(&big, 0, 1), Err(EntryError::TooLarge(_))));
+    }
+
+    #[test]
+    fn hmac_separates_kinds_and_keys() {
+        let key = HmacKey::new(1, &[7; 32]).unwrap();
+        let other = HmacKey::new(1, &[8; 32]).unwrap();
+        assert_eq!(
+            key.pseudonymise("consent", "c-1"),
+            key.pseudonymise("consent", "c-1")
+        );
+        assert_ne!(
+            key.pseudonymise("consent", "c-1"),
+            key.pseudonymise("subject", "c-1")
+        );
+        assert_ne!(
+            key.pseudonymise("consent", "c-1"),
+            other.pseudonymise("consent", "c-1")
+        );
+        assert!(HmacKey::new(1, &[0; 16]).is_none());
+        assert!(!format!("{key:?}").contains('7'));
+    }
+}
