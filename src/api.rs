@@ -4,6 +4,8 @@
 //! allows with [`Actor::require`]. Wire input is converted to domain types here, once. This
 //! module never speaks SQL; it calls `storage` and `federation`.
 
+use crate::audit::entry::Decision;
+use crate::audited;
 use crate::domain::OrgId;
 use crate::federation::{self, PeerError};
 use crate::jwt::Role;
@@ -13,8 +15,8 @@ use crate::problem::Problem;
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
-use std::future::{Ready, ready};
 use std::time::Instant;
 
 /// A local caller whose bearer token verified: pseudonymous subject, roles and unit.
@@ -42,21 +44,40 @@ impl Actor {
 
 impl FromRequest for Actor {
     type Error = Problem;
-    type Future = Ready<Result<Self, Problem>>;
+    type Future = LocalBoxFuture<'static, Result<Self, Problem>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate(req))
+        let state = req.app_data::<web::Data<NodeState>>().cloned();
+        let outcome = state.as_ref().map(|state| authenticate(req, state));
+        let path = req.path().to_owned();
+        Box::pin(async move {
+            let Some(state) = state else {
+                return Err(Problem::internal(&"node state missing from the local app"));
+            };
+            match outcome {
+                Some(Ok(actor)) => Ok(actor),
+                Some(Err((problem, token_reason))) => {
+                    // Every refused authentication is audited before the node answers.
+                    let mut record =
+                        audited::record(&state, "local.authentication", Decision::Deny, None);
+                    record.message_type = Some(path);
+                    tracing::info!(reason = token_reason, "local API token refused");
+                    Err(audited::deny(&state, record, problem).await)
+                }
+                None => Err(Problem::internal(&"unreachable: state checked above")),
+            }
+        })
     }
 }
 
-fn authenticate(req: &HttpRequest) -> Result<Actor, Problem> {
-    let state = req
-        .app_data::<web::Data<NodeState>>()
-        .ok_or_else(|| Problem::internal(&"node state missing from the local app"))?;
-    let header_value = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| Problem::unauthenticated("no Authorization header"))?;
+/// Verifies the bearer token; on failure, the problem and the token check that failed.
+fn authenticate(req: &HttpRequest, state: &NodeState) -> Result<Actor, (Problem, &'static str)> {
+    let header_value = req.headers().get(header::AUTHORIZATION).ok_or_else(|| {
+        (
+            Problem::unauthenticated("no Authorization header"),
+            "no-token",
+        )
+    })?;
     let token = header_value
         .to_str()
         .ok()
@@ -64,12 +85,17 @@ fn authenticate(req: &HttpRequest) -> Result<Actor, Problem> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
-            Problem::unauthenticated("the Authorization header is not `Bearer <token>`")
+            (
+                Problem::unauthenticated("the Authorization header is not `Bearer <token>`"),
+                "malformed-header",
+            )
         })?;
     let now = state.clock.now().unix_timestamp();
     let verified = state.tokens.verify(token, now).map_err(|e| {
-        tracing::info!(reason = e.reason(), "local API token refused");
-        Problem::unauthenticated(format!("token refused: {}", e.reason()))
+        (
+            Problem::unauthenticated(format!("token refused: {}", e.reason())),
+            e.reason(),
+        )
     })?;
     Ok(Actor {
         subject: verified.subject,

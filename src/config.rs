@@ -103,6 +103,9 @@ struct RawDatabase {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     signing_key: PathBuf,
+    hmac_key: PathBuf,
+    #[serde(default)]
+    hmac_key_version: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +205,9 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub signing_key: PathBuf,
+    /// The key that pseudonymises identifiers in audit entries (separate from every other key).
+    pub hmac_key: PathBuf,
+    pub hmac_key_version: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -470,6 +476,8 @@ fn resolve(path: &Path, base: &Path, raw: RawConfig) -> Result<Config, ConfigErr
         },
         audit: AuditConfig {
             signing_key: abs(&raw.audit.signing_key),
+            hmac_key: abs(&raw.audit.hmac_key),
+            hmac_key_version: raw.audit.hmac_key_version.unwrap_or(1),
         },
         server: ServerConfig {
             workers,
@@ -526,6 +534,7 @@ issuer = "https://idp.red-barnet.brobygger.test"
 audience = "brobygger:red-barnet"
 [audit]
 signing_key = "red-barnet/audit.key"
+hmac_key = "red-barnet/audit-hmac.key"
 "#,
             OPERATOR.replace("c74f20a3", "00000000")
         )

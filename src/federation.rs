@@ -6,6 +6,8 @@
 //! snapshot taken for this request, so a member removed by a newer manifest is refused even on
 //! a connection that was opened before. This module never speaks SQL.
 
+use crate::audit::entry::Decision;
+use crate::audited::{self, Audited};
 use crate::domain::{NodeIdentity, OrgId};
 use crate::identity::{IdentityError, certificate_validity, identity_from_certificate};
 use crate::manifest::Member;
@@ -13,10 +15,10 @@ use crate::node::NodeState;
 use crate::problem::Problem;
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use std::any::Any;
 use std::collections::HashMap;
-use std::future::{Ready, ready};
 use std::sync::Mutex;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -59,41 +61,73 @@ pub struct AuthenticatedPeer {
 
 impl FromRequest for AuthenticatedPeer {
     type Error = Problem;
-    type Future = Ready<Result<Self, Problem>>;
+    type Future = LocalBoxFuture<'static, Result<Self, Problem>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        ready(authenticate_peer(req))
+        let state = req.app_data::<web::Data<NodeState>>().cloned();
+        let decision = state.as_ref().map(|state| authenticate_peer(req, state));
+        let path = req.path().to_owned();
+        Box::pin(async move {
+            let Some(state) = state else {
+                return Err(Problem::internal(
+                    &"node state missing from the federation app",
+                ));
+            };
+            match decision {
+                Some(Ok(peer)) => Ok(peer),
+                Some(Err((problem, claimed))) => {
+                    // Every refusal at the boundary is a decision, and decisions are audited
+                    // before the node answers.
+                    let mut record =
+                        audited::record(&state, "federation.request", Decision::Deny, None);
+                    record.peer = claimed.map(|org| org.to_string());
+                    record.message_type = Some(path);
+                    Err(audited::deny(&state, record, problem).await)
+                }
+                None => Err(Problem::internal(&"unreachable: state checked above")),
+            }
+        })
     }
 }
 
-fn authenticate_peer(req: &HttpRequest) -> Result<AuthenticatedPeer, Problem> {
-    let state = req
-        .app_data::<web::Data<NodeState>>()
-        .ok_or_else(|| Problem::internal(&"node state missing from the federation app"))?;
+/// The membership decision for one request: the peer, or the problem and the org the
+/// certificate claimed (if it named one).
+fn authenticate_peer(
+    req: &HttpRequest,
+    state: &NodeState,
+) -> Result<AuthenticatedPeer, (Problem, Option<OrgId>)> {
     let now = state.clock.now();
     let manifest = state.manifest.snapshot();
-    if manifest.is_expired(now) {
-        return Err(Problem::manifest_expired());
-    }
     // The TLS layer requires and verifies a client certificate, so a missing one here means the
     // listener was misconfigured; refuse rather than guess.
     let peer = req.conn_data::<ConnectionPeer>().ok_or_else(|| {
-        Problem::peer_not_member("no verified client certificate on this connection")
+        (
+            Problem::peer_not_member("no verified client certificate on this connection"),
+            None,
+        )
     })?;
+    let claimed = peer.identity.as_ref().ok().map(|id| id.org.clone());
+    if manifest.is_expired(now) {
+        return Err((Problem::manifest_expired(), claimed));
+    }
     if peer.not_after.is_none_or(|not_after| now > not_after) {
-        return Err(Problem::peer_not_member(
-            "the client certificate has expired",
+        return Err((
+            Problem::peer_not_member("the client certificate has expired"),
+            claimed,
         ));
     }
     let identity = peer
         .identity
         .clone()
-        .map_err(|e| Problem::peer_not_member(e.to_string()))?;
+        .map_err(|e| (Problem::peer_not_member(e.to_string()), None))?;
     let member = manifest.member_for(&identity).cloned().ok_or_else(|| {
-        Problem::peer_not_member(format!(
-            "`{}` is not a member in manifest serial {}",
-            identity.org, manifest.serial
-        ))
+        (
+            Problem::peer_not_member(format!(
+                "`{}` is not a member in manifest serial {}",
+                identity.org, manifest.serial
+            )),
+            claimed,
+        )
     })?;
     Ok(AuthenticatedPeer { member, identity })
 }
@@ -109,12 +143,21 @@ pub struct PingResponseV1 {
     pub manifest_serial: u64,
 }
 
-async fn ping(peer: AuthenticatedPeer, state: web::Data<NodeState>) -> HttpResponse {
-    HttpResponse::Ok().json(PingResponseV1 {
-        caller: peer.member.org.to_string(),
-        node: state.identity.org.to_string(),
-        manifest_serial: state.manifest.snapshot().serial,
-    })
+async fn ping(
+    peer: AuthenticatedPeer,
+    state: web::Data<NodeState>,
+) -> Result<Audited<HttpResponse>, Problem> {
+    let mut record = audited::record(&state, "federation.ping", Decision::Permit, None);
+    record.peer = Some(peer.member.org.to_string());
+    let receipt = audited::permit(&state, record).await?;
+    Ok(Audited::new(
+        receipt,
+        HttpResponse::Ok().json(PingResponseV1 {
+            caller: peer.member.org.to_string(),
+            node: state.identity.org.to_string(),
+            manifest_serial: state.manifest.snapshot().serial,
+        }),
+    ))
 }
 
 /// The federation listener's routes.

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod audited;
 pub mod cli;
 pub mod config;
 pub mod domain;
@@ -17,3 +18,4 @@ pub mod pki;
 pub mod problem;
 pub mod signed_note;
 pub mod storage;
+pub mod write_path;

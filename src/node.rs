@@ -4,6 +4,7 @@
 //! Start-up fails (exit code 2) on anything misconfigured, before a port is opened: config,
 //! certificates and keys, token keys, the database, and the manifest.
 
+use crate::audit::entry::HmacKey;
 use crate::config::{Config, ConfigError, LocalTransport};
 use crate::domain::NodeIdentity;
 use crate::federation::{self, PeerClients};
@@ -12,6 +13,10 @@ use crate::jwt::{Jwks, TokenVerifier};
 use crate::manifest::{self, AcceptedSerial, Manifest, ManifestError, ManifestHolder, Succession};
 use crate::problem;
 use crate::storage::{self, Database, StorageError};
+use crate::write_path::{
+    PublishedError, WritePath, Writer, check_against_published, published_state_path,
+    read_published,
+};
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 use std::net::SocketAddr;
@@ -74,6 +79,10 @@ pub struct NodeState {
     pub clock: Clock,
     /// The verifier key of this node's audit signing key, to notice a manifest that disagrees.
     pub audit_verifier_key: crate::signed_note::VerifierKey,
+    /// The write path: every audit append goes through it.
+    pub audit: WritePath,
+    /// Pseudonymises identifiers before they enter the audit log.
+    pub hmac: HmacKey,
 }
 
 /// Why a node could not start. All of these are configuration problems (exit code 2).
@@ -89,6 +98,8 @@ pub enum StartError {
     },
     #[error("database: {0}")]
     Storage(#[from] StorageError),
+    #[error("audit log: {0}")]
+    Audit(#[from] PublishedError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -107,6 +118,29 @@ pub async fn open_database(config: &Config) -> Result<Database, ConfigError> {
             format!("{} database: {e}", config.database.url.engine()),
         )
     })
+}
+
+/// Loads the audit HMAC key: at least 32 bytes, written as hex.
+pub fn load_hmac_key(config: &Config) -> Result<HmacKey, ConfigError> {
+    let file = config.source.as_path();
+    let path = &config.audit.hmac_key;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            file,
+            "audit.hmac_key",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|material| HmacKey::new(config.audit.hmac_key_version, &material))
+        .ok_or_else(|| {
+            ConfigError::new(
+                file,
+                "audit.hmac_key",
+                format!("{} must hold at least 32 bytes as hex", path.display()),
+            )
+        })
 }
 
 /// Loads the token verification keys named in the config.
@@ -224,6 +258,7 @@ pub struct RunningNode {
     server_tasks: Vec<JoinHandle<std::io::Result<()>>>,
     background: Vec<JoinHandle<()>>,
     stop_background: watch::Sender<bool>,
+    writer: Writer,
 }
 
 /// Loads and checks everything, opens the database, and starts both listeners.
@@ -235,9 +270,21 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
     let tls = TlsMaterial::load(&config)?;
     let tokens = load_token_verifier(&config)?;
     let signer = load_signing_key(&config)?;
+    let hmac = load_hmac_key(&config)?;
     let db = open_database(&config).await?;
     let manifest = load_manifest(&config, &db, clock.now(), Persist::Yes).await?;
     check_self_in_manifest(&config, &manifest, &signer)?;
+    let published_path = published_state_path(&config.audit.signing_key);
+    let published = read_published(&published_path, &signer)?;
+    check_against_published(&db, published.as_ref(), &published_path).await?;
+    let audit_verifier_key = signer.verifier_key().clone();
+    let writer = Writer::spawn(
+        db.clone(),
+        Arc::new(signer),
+        hmac.version(),
+        published_path,
+        published,
+    );
     if matches!(
         config.local_api.transport,
         LocalTransport::DangerousPlaintext
@@ -257,7 +304,9 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
         tokens,
         peers: PeerClients::default(),
         clock,
-        audit_verifier_key: signer.verifier_key().clone(),
+        audit_verifier_key,
+        audit: writer.path.clone(),
+        hmac,
     });
     let config = &state.config;
     let workers = config.server.workers;
@@ -348,6 +397,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
         server_tasks,
         background,
         stop_background,
+        writer,
     })
 }
 
@@ -423,6 +473,9 @@ impl RunningNode {
         for task in self.background {
             let _ = task.await;
         }
+        // The listeners are closed, so nothing new arrives: the writer commits what is queued
+        // and publishes its last checkpoint before the database closes.
+        self.writer.stop().await;
         self.state.db.close().await;
         tracing::info!(org = %self.state.identity.org, "node stopped");
     }

@@ -222,6 +222,16 @@ fn pem_pkcs8(der: &[u8]) -> String {
     out
 }
 
+/// 32 random bytes as hex, for the audit HMAC key file.
+fn random_hex_key() -> Result<String, PkiError> {
+    use ring::rand::SecureRandom as _;
+    let mut key = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| PkiError::Invalid("the system random generator failed".into()))?;
+    Ok(format!("{}\n", hex::encode(key)))
+}
+
 /// Loads an Ed25519 PKCS#8 PEM key as a note signer under `name`.
 pub fn load_note_signer(path: &Path, name: &str) -> Result<NoteSigner, PkiError> {
     let bytes = std::fs::read(path).map_err(io_error(path))?;
@@ -356,6 +366,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
             ("local-api.pem", local.cert_pem, false),
             ("local-api.key", local.key_pem, true),
             ("audit-signing.key", pem_pkcs8(&audit_der), true),
+            ("audit-hmac.key", random_hex_key()?, true),
             ("jwt-issuer.key", jwt_key_pem, true),
             ("jwks.json", jwks_json, false),
         ] {
@@ -521,6 +532,9 @@ dev_token_kid = "dev-1"
 
 [audit]
 signing_key = "{org}/audit-signing.key"
+# Pseudonymises identifiers in the audit log; keep it secret and separate from other keys.
+hmac_key = "{org}/audit-hmac.key"
+hmac_key_version = 1
 
 [database]
 # SQLite in data_dir by default; for PostgreSQL: url = "postgres://user@host/db"

@@ -5,9 +5,14 @@
 //! engine under `migrations/`. SQLite runs in WAL mode with `synchronous=FULL`, so a commit is
 //! on disk before it is acknowledged.
 
+mod audit;
 mod manifest_state;
 mod migrate;
 
+pub use audit::{
+    StoredEntry, StoredTree, WriteTx, audit_checkpoint_at, audit_checkpoints, audit_entries,
+    audit_tree, latest_audit_checkpoint,
+};
 pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
 
 use crate::config::{DatabaseConfig, DatabaseUrl};

@@ -1,0 +1,22 @@
+-- The audit log: entries as leaves of an RFC 6962 Merkle tree. Entry bytes are stored exactly as
+-- they were hashed and never re-serialised.
+CREATE TABLE audit_entries (
+    idx        BIGINT PRIMARY KEY CHECK (idx >= 0),
+    entry      BYTEA  NOT NULL,
+    leaf_hash  BYTEA  NOT NULL CHECK (length(leaf_hash) = 32)
+);
+
+-- The tree's right edge (perfect-subtree roots, largest first), so that appending resumes
+-- without reading the entries. Replicas re-read it under an advisory lock in every append.
+CREATE TABLE audit_tree (
+    id        SMALLINT PRIMARY KEY CHECK (id = 1),
+    size      BIGINT   NOT NULL CHECK (size >= 0),
+    frontier  BYTEA    NOT NULL,
+    root      BYTEA    NOT NULL CHECK (length(root) = 32)
+);
+
+-- One signed checkpoint per group commit (C2SP tlog-checkpoint as a signed note).
+CREATE TABLE audit_checkpoints (
+    size  BIGINT PRIMARY KEY CHECK (size > 0),
+    note  TEXT   NOT NULL
+);

@@ -1,0 +1,309 @@
+//! The audit log's tables: entries, the tree's right edge, and one checkpoint per commit.
+//!
+//! Appends happen inside a [`WriteTx`], the one transaction of a group commit. On PostgreSQL
+//! that transaction first takes an advisory lock and then re-reads the tree state, so replicas
+//! sharing one database append one after the other and never sign diverging checkpoints.
+
+use super::{Database, StorageError};
+use crate::audit::merkle::{Frontier, Hash};
+use sqlx::QueryBuilder;
+
+/// The advisory lock every audit append takes on PostgreSQL ("audit" in ASCII).
+const AUDIT_LOCK_KEY: i64 = 0x6175_6469_74;
+
+/// Rows per multi-row INSERT: large enough that a statement carries a whole batch of ordinary
+/// size, small enough for SQLite's limit of 32,766 bound parameters.
+const ROWS_PER_STATEMENT: usize = 2_000;
+
+/// The tree as stored: size, right edge and root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTree {
+    pub frontier: Frontier,
+    pub root: Hash,
+}
+
+/// One entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub idx: u64,
+    pub entry: Vec<u8>,
+    pub leaf_hash: Vec<u8>,
+}
+
+/// The transaction of one group commit.
+pub enum WriteTx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
+}
+
+fn to_i64(value: u64) -> Result<i64, StorageError> {
+    i64::try_from(value).map_err(|_| StorageError::Invariant(format!("{value} exceeds 2^63")))
+}
+
+fn to_u64(value: i64) -> Result<u64, StorageError> {
+    u64::try_from(value)
+        .map_err(|_| StorageError::Invariant(format!("stored value {value} is negative")))
+}
+
+fn to_hash(bytes: &[u8]) -> Result<Hash, StorageError> {
+    bytes
+        .try_into()
+        .map_err(|_| StorageError::Invariant("a stored hash is not 32 bytes".into()))
+}
+
+fn decode_tree(size: i64, frontier: &[u8], root: &[u8]) -> Result<StoredTree, StorageError> {
+    let size = to_u64(size)?;
+    let nodes = frontier
+        .chunks(32)
+        .map(to_hash)
+        .collect::<Result<Vec<_>, _>>()?;
+    let frontier = Frontier::from_parts(size, nodes).ok_or_else(|| {
+        StorageError::Invariant(format!("the stored tree frontier does not fit size {size}"))
+    })?;
+    Ok(StoredTree {
+        frontier,
+        root: to_hash(root)?,
+    })
+}
+
+impl Database {
+    /// Begins the transaction of a group commit. SQLite takes its write lock at once
+    /// (`BEGIN IMMEDIATE`); PostgreSQL takes the audit advisory lock for the transaction.
+    pub async fn begin_write(&self) -> Result<WriteTx, StorageError> {
+        match self {
+            Database::Sqlite(pool) => {
+                Ok(WriteTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?))
+            }
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(AUDIT_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(WriteTx::Postgres(tx))
+            }
+        }
+    }
+}
+
+impl WriteTx {
+    /// The tree as committed so far (empty if nothing was ever appended).
+    pub async fn audit_tree(&mut self) -> Result<StoredTree, StorageError> {
+        let row: Option<(i64, Vec<u8>, Vec<u8>)> = match self {
+            WriteTx::Sqlite(tx) => {
+                sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
+                    .fetch_optional(&mut **tx)
+                    .await?
+            }
+            WriteTx::Postgres(tx) => {
+                sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
+                    .fetch_optional(&mut **tx)
+                    .await?
+            }
+        };
+        match row {
+            Some((size, frontier, root)) => decode_tree(size, &frontier, &root),
+            None => {
+                let frontier = Frontier::new();
+                let root = frontier.root();
+                Ok(StoredTree { frontier, root })
+            }
+        }
+    }
+
+    /// Inserts entries at consecutive indexes from `first_idx`, many rows per statement.
+    pub async fn insert_audit_entries(
+        &mut self,
+        first_idx: u64,
+        rows: &[(Vec<u8>, Hash)],
+    ) -> Result<(), StorageError> {
+        let mut idx = to_i64(first_idx)?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let start = idx;
+            let numbered = chunk
+                .iter()
+                .zip(start..)
+                .map(|((entry, leaf), i)| (i, entry, leaf));
+            match self {
+                WriteTx::Sqlite(tx) => {
+                    let mut builder: QueryBuilder<sqlx::Sqlite> =
+                        QueryBuilder::new("INSERT INTO audit_entries (idx, entry, leaf_hash) ");
+                    builder.push_values(numbered, |mut b, (i, entry, leaf)| {
+                        b.push_bind(i)
+                            .push_bind(entry.clone())
+                            .push_bind(leaf.to_vec());
+                    });
+                    builder.build().execute(&mut **tx).await?;
+                }
+                WriteTx::Postgres(tx) => {
+                    let mut builder: QueryBuilder<sqlx::Postgres> =
+                        QueryBuilder::new("INSERT INTO audit_entries (idx, entry, leaf_hash) ");
+                    builder.push_values(numbered, |mut b, (i, entry, leaf)| {
+                        b.push_bind(i)
+                            .push_bind(entry.clone())
+                            .push_bind(leaf.to_vec());
+                    });
+                    builder.build().execute(&mut **tx).await?;
+                }
+            }
+            idx += to_i64(chunk.len() as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Records the tree after the appends and the checkpoint signed over it.
+    pub async fn save_audit_tree(
+        &mut self,
+        tree: &StoredTree,
+        checkpoint_note: &str,
+    ) -> Result<(), StorageError> {
+        let size = to_i64(tree.frontier.size())?;
+        let frontier: Vec<u8> = tree.frontier.nodes().concat();
+        let root = tree.root.to_vec();
+        let upsert = "INSERT INTO audit_tree (id, size, frontier, root) VALUES (1, $1, $2, $3) \
+                      ON CONFLICT (id) DO UPDATE SET size = excluded.size, \
+                      frontier = excluded.frontier, root = excluded.root";
+        let checkpoint = "INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2)";
+        match self {
+            WriteTx::Sqlite(tx) => {
+                sqlx::query(upsert)
+                    .bind(size)
+                    .bind(frontier)
+                    .bind(root)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query(checkpoint)
+                    .bind(size)
+                    .bind(checkpoint_note)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            WriteTx::Postgres(tx) => {
+                sqlx::query(upsert)
+                    .bind(size)
+                    .bind(frontier)
+                    .bind(root)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query(checkpoint)
+                    .bind(size)
+                    .bind(checkpoint_note)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits: on SQLite with `synchronous=FULL` this is the one fsync of the group commit.
+    pub async fn commit(self) -> Result<(), StorageError> {
+        match self {
+            WriteTx::Sqlite(tx) => tx.commit().await?,
+            WriteTx::Postgres(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+}
+
+/// The committed tree, outside any write transaction (start-up checks, `/readyz`).
+pub async fn audit_tree(db: &Database) -> Result<StoredTree, StorageError> {
+    let row: Option<(i64, Vec<u8>, Vec<u8>)> = match db {
+        Database::Sqlite(pool) => {
+            sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
+                .fetch_optional(pool)
+                .await?
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    match row {
+        Some((size, frontier, root)) => decode_tree(size, &frontier, &root),
+        None => {
+            let frontier = Frontier::new();
+            let root = frontier.root();
+            Ok(StoredTree { frontier, root })
+        }
+    }
+}
+
+/// The signed checkpoint stored for exactly `size`, if any.
+pub async fn audit_checkpoint_at(db: &Database, size: u64) -> Result<Option<String>, StorageError> {
+    let size = to_i64(size)?;
+    let note = match db {
+        Database::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT note FROM audit_checkpoints WHERE size = $1")
+                .bind(size)
+                .fetch_optional(pool)
+                .await?
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_scalar("SELECT note FROM audit_checkpoints WHERE size = $1")
+                .bind(size)
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    Ok(note)
+}
+
+/// The latest signed checkpoint, if any.
+pub async fn latest_audit_checkpoint(db: &Database) -> Result<Option<String>, StorageError> {
+    let note = match db {
+        Database::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
+                .fetch_optional(pool)
+                .await?
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
+                .fetch_optional(pool)
+                .await?
+        }
+    };
+    Ok(note)
+}
+
+/// Every entry in index order, as stored (for verification and export).
+pub async fn audit_entries(db: &Database) -> Result<Vec<StoredEntry>, StorageError> {
+    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = match db {
+        Database::Sqlite(pool) => {
+            sqlx::query_as("SELECT idx, entry, leaf_hash FROM audit_entries ORDER BY idx")
+                .fetch_all(pool)
+                .await?
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_as("SELECT idx, entry, leaf_hash FROM audit_entries ORDER BY idx")
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    rows.into_iter()
+        .map(|(idx, entry, leaf_hash)| {
+            Ok(StoredEntry {
+                idx: to_u64(idx)?,
+                entry,
+                leaf_hash,
+            })
+        })
+        .collect()
+}
+
+/// Every signed checkpoint, in size order.
+pub async fn audit_checkpoints(db: &Database) -> Result<Vec<String>, StorageError> {
+    let notes = match db {
+        Database::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY size")
+                .fetch_all(pool)
+                .await?
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY size")
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    Ok(notes)
+}

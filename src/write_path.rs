@@ -1,0 +1,415 @@
+//! The one durable write path: a group-commit writer that owns every audit append.
+//!
+//! Callers hand the writer records and wait. One task takes whatever has queued while the
+//! previous commit was in flight (no timer), encodes the entries at their leaf indexes, writes
+//! them with multi-row statements in one transaction, signs one checkpoint over the new tree,
+//! commits (one fsync), and answers every waiter with its leaf index and that checkpoint. If
+//! anything fails, every waiter of the batch gets an error and nothing is answered as done.
+//!
+//! The node refuses to sign a checkpoint smaller than the last one it published. The published
+//! checkpoint is kept in a state file beside the signing key (not only in the database), written
+//! at most about once a second and at shutdown, so a restored old database copy is noticed.
+
+use crate::audit::checkpoint::{Checkpoint, TreeHead};
+use crate::audit::entry::{self, AuditRecord, EntryError};
+use crate::audit::merkle;
+use crate::signed_note::NoteSigner;
+use crate::storage::{self, Database, StorageError, StoredTree};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// How many records one group commit takes at most; the rest waits for the next commit.
+const MAX_BATCH_RECORDS: usize = 20_000;
+/// How many callers may wait in the queue before new ones wait to enqueue (backpressure).
+const QUEUE_DEPTH: usize = 16_384;
+/// How often, at most, the published checkpoint state file is rewritten.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    #[error("the write path has stopped")]
+    Stopped,
+    #[error("the audit entry cannot be encoded: {0}")]
+    Entry(#[from] EntryError),
+    #[error("the durable write failed: {0}")]
+    Storage(String),
+    #[error("refusing to append: {0}")]
+    Refused(String),
+}
+
+/// A checkpoint that was committed together with the entries it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedCheckpoint {
+    pub head: TreeHead,
+    /// The signed note, as stored and as handed to peers.
+    pub note: String,
+}
+
+/// Proof that a record is durable in the audit log: its leaf index and the signed checkpoint of
+/// the commit that made it durable. Only the writer creates these.
+#[derive(Debug, Clone)]
+pub struct AuditReceipt {
+    pub index: u64,
+    pub checkpoint: Arc<CommittedCheckpoint>,
+}
+
+struct Job {
+    records: Vec<AuditRecord>,
+    reply: oneshot::Sender<Result<Vec<AuditReceipt>, WriteError>>,
+}
+
+/// The handle request handlers use to append.
+#[derive(Clone)]
+pub struct WritePath {
+    sender: mpsc::Sender<Job>,
+}
+
+impl WritePath {
+    /// Appends one record and waits until it is durable.
+    pub async fn append(&self, record: AuditRecord) -> Result<AuditReceipt, WriteError> {
+        self.append_many(vec![record])
+            .await?
+            .pop()
+            .ok_or_else(|| WriteError::Storage("the writer answered without a receipt".into()))
+    }
+
+    /// Appends records at consecutive indexes, all in the same commit.
+    pub async fn append_many(
+        &self,
+        records: Vec<AuditRecord>,
+    ) -> Result<Vec<AuditReceipt>, WriteError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Job { records, reply })
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        answer.await.map_err(|_| WriteError::Stopped)?
+    }
+}
+
+/// Why the writer cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishedError {
+    #[error("{path}: {problem}")]
+    StateFile { path: PathBuf, problem: String },
+    #[error(
+        "the audit log in the database has {stored} entries, but this node already published a \
+         signed checkpoint of size {published} (recorded in {path}). The database was probably \
+         restored from an older copy; signing a smaller checkpoint would fork the log, so the node \
+         refuses. Restore a copy that holds all {published} entries."
+    )]
+    BehindPublished {
+        stored: u64,
+        published: u64,
+        path: PathBuf,
+    },
+    #[error(
+        "the audit log in the database does not extend the checkpoint of size {published} that \
+         this node published (recorded in {path}): the log was replaced or rewritten"
+    )]
+    Forked { published: u64, path: PathBuf },
+    #[error("database: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// The state file of the last published checkpoint, beside the signing key.
+pub fn published_state_path(signing_key: &Path) -> PathBuf {
+    let mut name = signing_key.as_os_str().to_owned();
+    name.push(".published-checkpoint");
+    PathBuf::from(name)
+}
+
+/// Reads the last published checkpoint, verified with the node's own key.
+pub fn read_published(
+    path: &Path,
+    signer: &NoteSigner,
+) -> Result<Option<Checkpoint>, PublishedError> {
+    let note = match std::fs::read_to_string(path) {
+        Ok(note) => note,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(PublishedError::StateFile {
+                path: path.to_path_buf(),
+                problem: e.to_string(),
+            });
+        }
+    };
+    Checkpoint::open(&note, signer.verifier_key())
+        .map(Some)
+        .map_err(|e| PublishedError::StateFile {
+            path: path.to_path_buf(),
+            problem: format!("not a checkpoint signed by this node's key: {e}"),
+        })
+}
+
+/// Writes the state file atomically: a temporary file, fsync, rename, fsync of the directory.
+fn write_published(path: &Path, note: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(note.as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Checks, before the writer starts, that the database holds at least what was published and
+/// extends it.
+pub async fn check_against_published(
+    db: &Database,
+    published: Option<&Checkpoint>,
+    path: &Path,
+) -> Result<(), PublishedError> {
+    let Some(published) = published else {
+        return Ok(());
+    };
+    let tree = storage::audit_tree(db).await?;
+    let stored = tree.frontier.size();
+    let wanted = published.head.size;
+    if stored < wanted {
+        return Err(PublishedError::BehindPublished {
+            stored,
+            published: wanted,
+            path: path.to_path_buf(),
+        });
+    }
+    // The stored tree must extend the published one: compare the root at the published size.
+    let root_at_published = if stored == wanted {
+        tree.root
+    } else {
+        let entries = storage::audit_entries(db).await?;
+        let leaves: Vec<merkle::Hash> = entries
+            .iter()
+            .take(usize::try_from(wanted).unwrap_or(usize::MAX))
+            .map(|e| merkle::leaf_hash(&e.entry))
+            .collect();
+        merkle::root(&leaves)
+    };
+    if root_at_published != published.head.root {
+        return Err(PublishedError::Forked {
+            published: wanted,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// The running writer task.
+pub struct Writer {
+    pub path: WritePath,
+    task: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl Writer {
+    /// Starts the writer. `published_path` is the state file; `published` what it holds.
+    pub fn spawn(
+        db: Database,
+        signer: Arc<NoteSigner>,
+        hmac_key_version: u32,
+        published_path: PathBuf,
+        published: Option<Checkpoint>,
+    ) -> Writer {
+        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let (stop, stop_rx) = watch::channel(false);
+        let state = WriterState {
+            db,
+            signer,
+            hmac_key_version,
+            published_path,
+            floor: published.map(|p| p.head.size).unwrap_or(0),
+            unpublished: None,
+            last_publish: None,
+        };
+        let task = tokio::spawn(state.run(receiver, stop_rx));
+        Writer {
+            path: WritePath { sender },
+            task,
+            stop,
+        }
+    }
+
+    /// Finishes what is queued, publishes the latest checkpoint and ends the task.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct WriterState {
+    db: Database,
+    signer: Arc<NoteSigner>,
+    hmac_key_version: u32,
+    published_path: PathBuf,
+    /// The size below which this node never signs (what it published last).
+    floor: u64,
+    /// The newest committed checkpoint not yet written to the state file.
+    unpublished: Option<Arc<CommittedCheckpoint>>,
+    last_publish: Option<Instant>,
+}
+
+impl WriterState {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let publish_in = self
+                .last_publish
+                .map(|t| PUBLISH_INTERVAL.saturating_sub(t.elapsed()))
+                .unwrap_or_default();
+            let first = tokio::select! {
+                job = receiver.recv() => job,
+                _ = stop.changed() => None,
+                _ = tokio::time::sleep(publish_in), if self.unpublished.is_some() => {
+                    self.publish(false);
+                    continue;
+                }
+            };
+            let Some(first) = first else { break };
+            let mut jobs = vec![first];
+            let mut count = jobs.iter().map(|j| j.records.len()).sum::<usize>();
+            while count < MAX_BATCH_RECORDS {
+                match receiver.try_recv() {
+                    Ok(job) => {
+                        count += job.records.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_and_answer(jobs).await;
+            self.publish(false);
+        }
+        // Shutting down: whatever is still queued is committed (or answered with an error),
+        // then the latest checkpoint is published.
+        receiver.close();
+        let mut rest = Vec::new();
+        while let Ok(job) = receiver.try_recv() {
+            rest.push(job);
+        }
+        if !rest.is_empty() {
+            self.commit_and_answer(rest).await;
+        }
+        self.publish(true);
+    }
+
+    async fn commit_and_answer(&mut self, jobs: Vec<Job>) {
+        // A record that cannot be encoded fails alone, not the batch: check every size with
+        // the widest possible index before the transaction.
+        let mut accepted = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job
+                .records
+                .iter()
+                .try_for_each(|r| entry::encode(r, u64::MAX, self.hmac_key_version).map(drop))
+            {
+                Ok(()) => accepted.push(job),
+                Err(e) => {
+                    let _ = job.reply.send(Err(WriteError::Entry(e)));
+                }
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let records: Vec<&AuditRecord> = accepted.iter().flat_map(|j| j.records.iter()).collect();
+        match self.commit(&records).await {
+            Ok((first_index, checkpoint)) => {
+                let mut index = first_index;
+                for job in accepted {
+                    let receipts = job
+                        .records
+                        .iter()
+                        .map(|_| {
+                            let receipt = AuditReceipt {
+                                index,
+                                checkpoint: checkpoint.clone(),
+                            };
+                            index += 1;
+                            receipt
+                        })
+                        .collect();
+                    let _ = job.reply.send(Ok(receipts));
+                }
+                self.unpublished = Some(checkpoint);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records = records.len(), "audit append failed; refusing the requests that needed it");
+                for job in accepted {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// One transaction: re-read the tree (another replica may have appended), append, sign,
+    /// commit.
+    async fn commit(
+        &mut self,
+        records: &[&AuditRecord],
+    ) -> Result<(u64, Arc<CommittedCheckpoint>), WriteError> {
+        let storage_error = |e: StorageError| WriteError::Storage(e.to_string());
+        let mut tx = self.db.begin_write().await.map_err(storage_error)?;
+        let tree = tx.audit_tree().await.map_err(storage_error)?;
+        let mut frontier = tree.frontier;
+        let first = frontier.size();
+        if first < self.floor {
+            return Err(WriteError::Refused(format!(
+                "the log holds {first} entries but this node published a checkpoint of size {}",
+                self.floor
+            )));
+        }
+        let mut rows = Vec::with_capacity(records.len());
+        for (offset, record) in (0u64..).zip(records) {
+            let bytes = entry::encode(record, first + offset, self.hmac_key_version)?;
+            let leaf = merkle::leaf_hash(&bytes);
+            frontier.push(leaf);
+            rows.push((bytes, leaf));
+        }
+        let root = frontier.root();
+        let head = TreeHead {
+            size: frontier.size(),
+            root,
+        };
+        let note = Checkpoint {
+            origin: self.signer.verifier_key().name().to_owned(),
+            head,
+        }
+        .sign(&self.signer)
+        .map_err(|e| WriteError::Storage(format!("signing the checkpoint: {e}")))?;
+        tx.insert_audit_entries(first, &rows)
+            .await
+            .map_err(storage_error)?;
+        tx.save_audit_tree(&StoredTree { frontier, root }, &note)
+            .await
+            .map_err(storage_error)?;
+        tx.commit().await.map_err(storage_error)?;
+        self.floor = head.size;
+        Ok((first, Arc::new(CommittedCheckpoint { head, note })))
+    }
+
+    /// Writes the newest checkpoint to the state file, at most once per interval unless forced.
+    fn publish(&mut self, force: bool) {
+        let due = force
+            || self
+                .last_publish
+                .is_none_or(|t| t.elapsed() >= PUBLISH_INTERVAL);
+        if !due {
+            return;
+        }
+        if let Some(checkpoint) = self.unpublished.take() {
+            if let Err(e) = write_published(&self.published_path, &checkpoint.note) {
+                tracing::error!(error = %e, path = %self.published_path.display(), "cannot write the published checkpoint state file");
+                self.unpublished = Some(checkpoint);
+                return;
+            }
+            self.last_publish = Some(Instant::now());
+        }
+    }
+}
