@@ -4,6 +4,7 @@
 
 mod support;
 
+mod audit;
 mod cli;
 mod config_errors;
 mod local_api_auth;
