@@ -9,7 +9,7 @@ use crate::audit::merkle::{Frontier, Hash};
 use sqlx::QueryBuilder;
 
 /// The advisory lock every audit append takes on PostgreSQL ("audit" in ASCII).
-const AUDIT_LOCK_KEY: i64 = 0x6175_6469_74;
+const AUDIT_LOCK_KEY: i64 = 0x0061_7564_6974;
 
 /// Rows per multi-row INSERT: large enough that a statement carries a whole batch of ordinary
 /// size, small enough for SQLite's limit of 32,766 bound parameters.
