@@ -43,6 +43,9 @@ enum Command {
     /// Operator tasks for the federation manifest.
     #[command(subcommand)]
     Federation(FederationCommand),
+    /// The audit log: the verifier key, verification, export and offline verification.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Run a node until it receives SIGTERM or Ctrl-C (SIGHUP re-reads the manifest).
     Serve {
         /// The node's configuration file (TOML).
@@ -100,6 +103,45 @@ enum PkiCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Print this node's audit verifier key (C2SP note verifier key), as published in the
+    /// manifest, for auditors and peers.
+    Key {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Recompute every entry hash, the tree and every signed checkpoint from the database.
+    /// With --against, also prove that today's log extends a checkpoint seen earlier.
+    /// Exit 1 names the first bad index.
+    Verify {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// A signed checkpoint kept outside the node (from a receipt, an auditor, a witness).
+        #[arg(long, value_name = "CHECKPOINT-FILE")]
+        against: Option<PathBuf>,
+    },
+    /// Export the log in the C2SP tlog-tiles layout (hash tiles, entry bundles, checkpoint).
+    Export {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// An empty or new directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Verify an export offline: no database, no config. Exit 1 names the first bad index.
+    VerifyExport {
+        /// The export directory.
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// The log's verifier key, e.g. from the manifest or `brobygger audit key`.
+        #[arg(long, value_name = "KEY")]
+        key: crate::signed_note::VerifierKey,
+        #[arg(long, value_name = "CHECKPOINT-FILE")]
+        against: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum FederationCommand {
     /// Sign a manifest (JSON) with the operator's key, producing the signed manifest that
     /// nodes load. Remember to raise `serial` for every new version.
@@ -152,6 +194,7 @@ pub fn run() -> ExitCode {
         Command::Federation(FederationCommand::Sign { manifest, key, out }) => {
             federation_sign(&manifest, &key, &out)
         }
+        Command::Audit(command) => audit(command),
         Command::Serve { config } => with_runtime(serve(config)),
         Command::Check { config } => with_runtime(check(config)),
         Command::Token {
@@ -166,7 +209,8 @@ pub fn run() -> ExitCode {
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // sqlx reports PostgreSQL notices (e.g. "already exists, skipping") at info level.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -321,7 +365,14 @@ async fn check(config_path: PathBuf) -> u8 {
         println!("ok: token keys {}", config.local_api.jwks.display());
         let signer = node::load_signing_key(&config)?;
         println!("ok: audit signing key {}", signer.verifier_key());
+        let hmac = node::load_hmac_key(&config)?;
+        println!("ok: audit HMAC key (version {})", hmac.version());
         let db = node::open_database(&config).await?;
+        let published_path = crate::write_path::published_state_path(&config.audit.signing_key);
+        let published = crate::write_path::read_published(&published_path, &signer)?;
+        crate::write_path::check_against_published(&db, published.as_ref(), &published_path)
+            .await?;
+        println!("ok: audit log holds at least what this node published");
         println!("ok: database ({})", db.engine());
         let manifest =
             node::load_manifest(&config, &db, OffsetDateTime::now_utc(), node::Persist::No).await?;
@@ -339,6 +390,187 @@ async fn check(config_path: PathBuf) -> u8 {
     match result {
         Ok(()) => EXIT_OK,
         Err(e) => fail(EXIT_USAGE, e),
+    }
+}
+
+fn audit(command: AuditCommand) -> u8 {
+    match command {
+        AuditCommand::Key { config } => {
+            match Config::load(&config).and_then(|config| node::load_signing_key(&config)) {
+                Ok(signer) => {
+                    println!("{}", signer.verifier_key());
+                    EXIT_OK
+                }
+                Err(e) => fail(EXIT_USAGE, e),
+            }
+        }
+        AuditCommand::Verify { config, against } => with_runtime(audit_verify(config, against)),
+        AuditCommand::Export { config, out } => with_runtime(audit_export(config, out)),
+        AuditCommand::VerifyExport { dir, key, against } => {
+            let against = match read_against(against.as_deref()) {
+                Ok(against) => against,
+                Err(code) => return code,
+            };
+            match crate::audit::tiles::verify_export(&dir, &key, against.as_deref()) {
+                Ok(verified) => {
+                    print_verified(&verified, against.is_some());
+                    EXIT_OK
+                }
+                Err(failure) => fail(
+                    EXIT_CHECK_FAILED,
+                    format!("audit verification failed: {failure}"),
+                ),
+            }
+        }
+    }
+}
+
+fn read_against(path: Option<&std::path::Path>) -> Result<Option<String>, u8> {
+    path.map(|path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| fail(EXIT_USAGE, format!("{}: {e}", path.display())))
+    })
+    .transpose()
+}
+
+fn print_verified(verified: &crate::audit::verify::Verified, against: bool) {
+    use base64::Engine as _;
+    println!(
+        "ok: {} entries verified, {} signed checkpoints checked, root {}",
+        verified.size,
+        verified.checkpoints_checked,
+        base64::engine::general_purpose::STANDARD.encode(verified.root)
+    );
+    if against {
+        println!("ok: the log extends the checkpoint seen earlier");
+    }
+}
+
+/// Opens what `audit verify` and `audit export` need: the config, the node's key, the database.
+async fn open_audited_node(
+    config: &std::path::Path,
+) -> Result<
+    (
+        Config,
+        crate::signed_note::NoteSigner,
+        crate::storage::Database,
+    ),
+    u8,
+> {
+    let config = Config::load(config).map_err(|e| fail(EXIT_USAGE, e))?;
+    let signer = node::load_signing_key(&config).map_err(|e| fail(EXIT_USAGE, e))?;
+    let db = node::open_database(&config)
+        .await
+        .map_err(|e| fail(EXIT_USAGE, e))?;
+    Ok((config, signer, db))
+}
+
+async fn audit_verify(config: PathBuf, against: Option<PathBuf>) -> u8 {
+    let against = match read_against(against.as_deref()) {
+        Ok(against) => against,
+        Err(code) => return code,
+    };
+    let (config, signer, db) = match open_audited_node(&config).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let loaded = async {
+        let entries = crate::storage::audit_entries(&db).await?;
+        let checkpoints = crate::storage::audit_checkpoints(&db).await?;
+        Ok::<_, crate::storage::StorageError>((entries, checkpoints))
+    }
+    .await;
+    db.close().await;
+    let (entries, checkpoints) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => return fail(EXIT_USAGE, format!("database: {e}")),
+    };
+    let bytes: Vec<&[u8]> = entries.iter().map(|e| e.entry.as_slice()).collect();
+    let mut leaf_hashes = Vec::with_capacity(entries.len());
+    for (position, entry) in entries.iter().enumerate() {
+        match <[u8; 32]>::try_from(entry.leaf_hash.as_slice()) {
+            Ok(hash) => leaf_hashes.push(hash),
+            Err(_) => {
+                return fail(
+                    EXIT_CHECK_FAILED,
+                    format!(
+                        "audit verification failed: entry {position}: the stored leaf hash is not 32 bytes"
+                    ),
+                );
+            }
+        }
+    }
+    let notes: Vec<&str> = checkpoints.iter().map(String::as_str).collect();
+    let verified = match crate::audit::verify::verify_log(
+        &bytes,
+        Some(&leaf_hashes),
+        &notes,
+        signer.verifier_key(),
+        against.as_deref(),
+    ) {
+        Ok(verified) => verified,
+        Err(failure) => {
+            return fail(
+                EXIT_CHECK_FAILED,
+                format!("audit verification failed: {failure}"),
+            );
+        }
+    };
+    // The database must also hold everything this node published (the state file beside the
+    // signing key): a truncated log with its checkpoints removed is caught here.
+    let published_path = crate::write_path::published_state_path(&config.audit.signing_key);
+    match crate::write_path::read_published(&published_path, &signer) {
+        Ok(Some(published)) if published.head.size > verified.size => {
+            return fail(
+                EXIT_CHECK_FAILED,
+                format!(
+                    "audit verification failed: entry {}: the log ends there, but this node published a checkpoint of size {} ({})",
+                    verified.size,
+                    published.head.size,
+                    published_path.display()
+                ),
+            );
+        }
+        Ok(_) => {}
+        Err(e) => return fail(EXIT_CHECK_FAILED, format!("audit verification failed: {e}")),
+    }
+    print_verified(&verified, against.is_some());
+    EXIT_OK
+}
+
+async fn audit_export(config: PathBuf, out: PathBuf) -> u8 {
+    let (_config, _signer, db) = match open_audited_node(&config).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let loaded = async {
+        let entries = crate::storage::audit_entries(&db).await?;
+        let checkpoint = crate::storage::latest_audit_checkpoint(&db).await?;
+        Ok::<_, crate::storage::StorageError>((entries, checkpoint))
+    }
+    .await;
+    db.close().await;
+    let (entries, checkpoint) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => return fail(EXIT_USAGE, format!("database: {e}")),
+    };
+    let Some(checkpoint) = checkpoint else {
+        return fail(EXIT_USAGE, "the audit log is empty: nothing to export");
+    };
+    let bytes: Vec<&[u8]> = entries.iter().map(|e| e.entry.as_slice()).collect();
+    match crate::audit::tiles::export(&out, &bytes, &checkpoint) {
+        Ok(summary) => {
+            println!(
+                "exported {} entries to {} ({} hash tiles, {} entry bundles, {} bytes)",
+                summary.size,
+                out.display(),
+                summary.hash_tiles,
+                summary.entry_bundles,
+                summary.bytes
+            );
+            EXIT_OK
+        }
+        Err(e) => fail(EXIT_USAGE, format!("export: {e}")),
     }
 }
 

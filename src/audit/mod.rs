@@ -6,3 +6,5 @@
 pub mod checkpoint;
 pub mod entry;
 pub mod merkle;
+pub mod tiles;
+pub mod verify;

@@ -303,7 +303,9 @@ async fn with_the_database_made_read_only_requests_needing_an_audit_entry_are_re
         panic!("expected PostgreSQL")
     };
     // An administrator's own session, so that every one of the node's sessions is ended.
-    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(url).await.unwrap();
+    let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
     let name: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(&mut admin)
         .await

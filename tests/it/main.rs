@@ -5,6 +5,7 @@
 mod support;
 
 mod audit;
+mod audit_verify;
 mod cli;
 mod config_errors;
 mod local_api_auth;
@@ -12,3 +13,4 @@ mod manifest_rules;
 mod mtls;
 mod storage;
 mod tidy;
+mod tlog_tiles_crosscheck;

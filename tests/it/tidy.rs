@@ -42,6 +42,9 @@ fn the_pure_modules_do_no_io() {
         "src/signed_note.rs",
         "src/manifest.rs",
         "src/audit/merkle.rs",
+        "src/audit/checkpoint.rs",
+        "src/audit/entry.rs",
+        "src/audit/verify.rs",
     ] {
         // Comments may name what the module avoids; only code counts.
         let code: String = source(file)
