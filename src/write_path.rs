@@ -5,6 +5,8 @@
 //! them with multi-row statements in one transaction, signs one checkpoint over the new tree,
 //! commits (one fsync), and answers every waiter with its leaf index and that checkpoint. If
 //! anything fails, every waiter of the batch gets an error and nothing is answered as done.
+//! The latest checkpoint is committed with its entries; earlier ones are kept about once a
+//! second as history.
 //!
 //! The node refuses to sign a checkpoint smaller than the last one it published. The published
 //! checkpoint is kept in a state file beside the signing key (not only in the database), written
@@ -27,6 +29,10 @@ const MAX_BATCH_RECORDS: usize = 20_000;
 const QUEUE_DEPTH: usize = 16_384;
 /// How often, at most, the published checkpoint state file is rewritten.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, at most, a checkpoint joins the database's history. Every commit's checkpoint is
+/// committed as the latest; keeping all of them would make verification slow under light
+/// traffic (one signature check per commit), and receipts carry their own anyway.
+const HISTORY_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum WriteError {
@@ -228,6 +234,7 @@ impl Writer {
             floor: published.map(|p| p.head.size).unwrap_or(0),
             unpublished: None,
             last_publish: None,
+            last_history: None,
         };
         let task = tokio::spawn(state.run(receiver, stop_rx));
         Writer {
@@ -254,6 +261,8 @@ struct WriterState {
     /// The newest committed checkpoint not yet written to the state file.
     unpublished: Option<Arc<CommittedCheckpoint>>,
     last_publish: Option<Instant>,
+    /// When a checkpoint last joined the database's history of earlier checkpoints.
+    last_history: Option<Instant>,
 }
 
 impl WriterState {
@@ -386,11 +395,17 @@ impl WriterState {
         tx.insert_audit_entries(first, &rows)
             .await
             .map_err(storage_error)?;
-        tx.save_audit_tree(&StoredTree { frontier, root }, &note)
+        let keep_history = self
+            .last_history
+            .is_none_or(|t| t.elapsed() >= HISTORY_INTERVAL);
+        tx.save_audit_tree(&StoredTree { frontier, root }, &note, keep_history)
             .await
             .map_err(storage_error)?;
         tx.commit().await.map_err(storage_error)?;
         self.floor = head.size;
+        if keep_history {
+            self.last_history = Some(Instant::now());
+        }
         Ok((first, Arc::new(CommittedCheckpoint { head, note })))
     }
 

@@ -59,7 +59,8 @@ impl Checkpoint {
     /// key name. Extension lines after the root are allowed and ignored, as the format permits.
     pub fn open(note: &str, key: &VerifierKey) -> Result<Checkpoint, CheckpointError> {
         let text = key.open(note)?;
-        let mut lines = text.lines();
+        // Split on "\n" only: the format has no carriage returns.
+        let mut lines = text.split('\n');
         let origin = lines
             .next()
             .ok_or(CheckpointError::Malformed("no origin line"))?;

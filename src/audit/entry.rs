@@ -132,6 +132,8 @@ pub fn encode(
 pub struct DecodedEntry {
     pub idx: u64,
     pub record: AuditRecord,
+    /// The HMAC key version the identifiers were pseudonymised with, if any.
+    pub hmac_key: Option<u32>,
 }
 
 /// Decodes stored entry bytes and checks they are canonical (re-encoding gives the same bytes).
@@ -152,6 +154,7 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEntry, EntryError> {
     }
     Ok(DecodedEntry {
         idx: entry.idx,
+        hmac_key: entry.hmac_key,
         record: AuditRecord {
             time: entry.time,
             action: entry.action,

@@ -1,4 +1,5 @@
-//! The audit log's tables: entries, the tree's right edge, and one checkpoint per commit.
+//! The audit log's tables: entries, the tree's right edge with the latest checkpoint, and a
+//! sparse history of earlier checkpoints.
 //!
 //! Appends happen inside a [`WriteTx`], the one transaction of a group commit. On PostgreSQL
 //! that transaction first takes an advisory lock and then re-reads the tree state, so replicas
@@ -151,18 +152,22 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Records the tree after the appends and the checkpoint signed over it.
+    /// Records the tree after the appends and the checkpoint signed over it; with
+    /// `keep_history`, the checkpoint also joins the history of earlier checkpoints.
     pub async fn save_audit_tree(
         &mut self,
         tree: &StoredTree,
         checkpoint_note: &str,
+        keep_history: bool,
     ) -> Result<(), StorageError> {
         let size = to_i64(tree.frontier.size())?;
         let frontier: Vec<u8> = tree.frontier.nodes().concat();
         let root = tree.root.to_vec();
-        let upsert = "INSERT INTO audit_tree (id, size, frontier, root) VALUES (1, $1, $2, $3) \
+        let upsert = "INSERT INTO audit_tree (id, size, frontier, root, checkpoint) \
+                      VALUES (1, $1, $2, $3, $4) \
                       ON CONFLICT (id) DO UPDATE SET size = excluded.size, \
-                      frontier = excluded.frontier, root = excluded.root";
+                      frontier = excluded.frontier, root = excluded.root, \
+                      checkpoint = excluded.checkpoint";
         let checkpoint = "INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2)";
         match self {
             WriteTx::Sqlite(tx) => {
@@ -170,26 +175,32 @@ impl WriteTx {
                     .bind(size)
                     .bind(frontier)
                     .bind(root)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query(checkpoint)
-                    .bind(size)
                     .bind(checkpoint_note)
                     .execute(&mut **tx)
                     .await?;
+                if keep_history {
+                    sqlx::query(checkpoint)
+                        .bind(size)
+                        .bind(checkpoint_note)
+                        .execute(&mut **tx)
+                        .await?;
+                }
             }
             WriteTx::Postgres(tx) => {
                 sqlx::query(upsert)
                     .bind(size)
                     .bind(frontier)
                     .bind(root)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query(checkpoint)
-                    .bind(size)
                     .bind(checkpoint_note)
                     .execute(&mut **tx)
                     .await?;
+                if keep_history {
+                    sqlx::query(checkpoint)
+                        .bind(size)
+                        .bind(checkpoint_note)
+                        .execute(&mut **tx)
+                        .await?;
+                }
             }
         }
         Ok(())
@@ -229,36 +240,16 @@ pub async fn audit_tree(db: &Database) -> Result<StoredTree, StorageError> {
     }
 }
 
-/// The signed checkpoint stored for exactly `size`, if any.
-pub async fn audit_checkpoint_at(db: &Database, size: u64) -> Result<Option<String>, StorageError> {
-    let size = to_i64(size)?;
-    let note = match db {
-        Database::Sqlite(pool) => {
-            sqlx::query_scalar("SELECT note FROM audit_checkpoints WHERE size = $1")
-                .bind(size)
-                .fetch_optional(pool)
-                .await?
-        }
-        Database::Postgres(pool) => {
-            sqlx::query_scalar("SELECT note FROM audit_checkpoints WHERE size = $1")
-                .bind(size)
-                .fetch_optional(pool)
-                .await?
-        }
-    };
-    Ok(note)
-}
-
 /// The latest signed checkpoint, if any.
 pub async fn latest_audit_checkpoint(db: &Database) -> Result<Option<String>, StorageError> {
     let note = match db {
         Database::Sqlite(pool) => {
-            sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
+            sqlx::query_scalar("SELECT checkpoint FROM audit_tree WHERE id = 1")
                 .fetch_optional(pool)
                 .await?
         }
         Database::Postgres(pool) => {
-            sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
+            sqlx::query_scalar("SELECT checkpoint FROM audit_tree WHERE id = 1")
                 .fetch_optional(pool)
                 .await?
         }
@@ -291,9 +282,9 @@ pub async fn audit_entries(db: &Database) -> Result<Vec<StoredEntry>, StorageErr
         .collect()
 }
 
-/// Every signed checkpoint, in size order.
+/// The kept signed checkpoints in size order, ending with the latest.
 pub async fn audit_checkpoints(db: &Database) -> Result<Vec<String>, StorageError> {
-    let notes = match db {
+    let mut notes: Vec<String> = match db {
         Database::Sqlite(pool) => {
             sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY size")
                 .fetch_all(pool)
@@ -305,5 +296,10 @@ pub async fn audit_checkpoints(db: &Database) -> Result<Vec<String>, StorageErro
                 .await?
         }
     };
+    if let Some(latest) = latest_audit_checkpoint(db).await? {
+        if notes.last() != Some(&latest) {
+            notes.push(latest);
+        }
+    }
     Ok(notes)
 }

@@ -225,23 +225,52 @@ async fn tamper_tests(engine: Engine) {
     db.close().await;
     assert_fails_at(log.verify(), 11, "swapped entries");
 
-    // The tail truncated inside a commit: the entries left after the last signed checkpoint
-    // (commits end at 20, 27, 34 and 40) are named.
+    // The tail truncated from 30 on: the latest checkpoint (size 40) still covers it.
     let log = Log::build(engine).await;
     let db = log.db().await;
     exec(&db, "DELETE FROM audit_entries WHERE idx >= 30", &[]).await;
-    exec(&db, "DELETE FROM audit_checkpoints WHERE size > 30", &[]).await;
     db.close().await;
-    assert_fails_at(log.verify(), 27, "truncated tail inside a commit");
+    assert_fails_at(log.verify(), 30, "truncated tail");
 
-    // The tail truncated cleanly at a commit boundary, with the checkpoints and the tree state
-    // that covered it: self-consistent, but shorter than what the node published.
+    // A careful truncation back to the first commit (20 entries), with the tree state's
+    // checkpoint set back to that commit's: self-consistent, but shorter than what the node
+    // published (the state file beside the signing key).
     let log = Log::build(engine).await;
     let db = log.db().await;
-    exec(&db, "DELETE FROM audit_entries WHERE idx >= 34", &[]).await;
-    exec(&db, "DELETE FROM audit_checkpoints WHERE size > 34", &[]).await;
+    let first: String = match &db {
+        Database::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT note FROM audit_checkpoints WHERE size = 20")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_scalar("SELECT note FROM audit_checkpoints WHERE size = 20")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+        }
+    };
+    exec(&db, "DELETE FROM audit_entries WHERE idx >= 20", &[]).await;
+    exec(&db, "DELETE FROM audit_checkpoints WHERE size > 20", &[]).await;
+    match &db {
+        Database::Sqlite(pool) => {
+            sqlx::query("UPDATE audit_tree SET checkpoint = $1")
+                .bind(first)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Database::Postgres(pool) => {
+            sqlx::query("UPDATE audit_tree SET checkpoint = $1")
+                .bind(first)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
     db.close().await;
-    assert_fails_at(log.verify(), 34, "truncated tail at a commit boundary");
+    assert_fails_at(log.verify(), 20, "truncated tail with its checkpoints");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
