@@ -296,10 +296,10 @@ pub async fn audit_checkpoints(db: &Database) -> Result<Vec<String>, StorageErro
                 .await?
         }
     };
-    if let Some(latest) = latest_audit_checkpoint(db).await? {
-        if notes.last() != Some(&latest) {
-            notes.push(latest);
-        }
+    if let Some(latest) = latest_audit_checkpoint(db).await?
+        && notes.last() != Some(&latest)
+    {
+        notes.push(latest);
     }
     Ok(notes)
 }
