@@ -26,8 +26,8 @@ pub const EXIT_USAGE: u8 = 2;
     long_about = "Brobygger runs one gateway node per organisation. Nodes talk to each other over \
                   mutual TLS and enforce consent and purpose at their own boundary; local systems \
                   use the node's local API with bearer tokens.\n\n\
-                  Exit codes: 0 ok, 1 a check failed (used by the audit verification \
-                  commands), 2 usage or configuration error.\n\
+                  Exit codes: 0 ok, 1 a check failed (audit verify, audit verify-export), \
+                  2 usage or configuration error.\n\
                   Logging: set RUST_LOG (e.g. RUST_LOG=info,brobygger=debug)."
 )]
 pub struct Cli {
