@@ -7,6 +7,7 @@
 //! versioned key, so the log itself leaks nothing. Pure: no I/O.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// The largest entry the tlog-tiles entry bundles can carry (a two-byte length prefix).
 pub const MAX_ENTRY_BYTES: usize = 65_535;
@@ -60,37 +61,57 @@ pub struct AuditRecord {
     pub envelope_sha256: Option<String>,
 }
 
-/// The wire form of an encoded entry, field order fixed.
+/// The wire form of an encoded entry, field order fixed. Strings borrow from the record when
+/// encoding and from the bytes when checking, so neither copies text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct EntryV1 {
+struct EntryV1<'a> {
     v: u8,
     idx: u64,
-    time: String,
-    action: String,
+    #[serde(borrow)]
+    time: Cow<'a, str>,
+    #[serde(borrow)]
+    action: Cow<'a, str>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     decision: Option<Decision>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    peer: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    actor: Option<ActorRecord>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    message_id_hmac: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    message_type: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    purpose: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    consent_hmac: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    subject_hmac: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    envelope_sha256: Option<String>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    reason: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    peer: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    actor: Option<ActorV1<'a>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    message_id_hmac: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    message_type: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    purpose: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    consent_hmac: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    subject_hmac: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    envelope_sha256: Option<Cow<'a, str>>,
     /// The version of the HMAC key the `*_hmac` fields were made with.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     hmac_key: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActorV1<'a> {
+    #[serde(borrow)]
+    id_hmac: Cow<'a, str>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    role: Option<Cow<'a, str>>,
+}
+
+fn borrowed(value: &Option<String>) -> Option<Cow<'_, str>> {
+    value.as_deref().map(Cow::Borrowed)
+}
+
+fn owned(value: Option<Cow<'_, str>>) -> Option<String> {
+    value.map(Cow::into_owned)
 }
 
 /// Encodes a record as the entry at leaf index `idx`.
@@ -106,18 +127,21 @@ pub fn encode(
     let entry = EntryV1 {
         v: 1,
         idx,
-        time: record.time.clone(),
-        action: record.action.clone(),
+        time: Cow::Borrowed(&record.time),
+        action: Cow::Borrowed(&record.action),
         decision: record.decision,
-        reason: record.reason.clone(),
-        peer: record.peer.clone(),
-        actor: record.actor.clone(),
-        message_id_hmac: record.message_id_hmac.clone(),
-        message_type: record.message_type.clone(),
-        purpose: record.purpose.clone(),
-        consent_hmac: record.consent_hmac.clone(),
-        subject_hmac: record.subject_hmac.clone(),
-        envelope_sha256: record.envelope_sha256.clone(),
+        reason: borrowed(&record.reason),
+        peer: borrowed(&record.peer),
+        actor: record.actor.as_ref().map(|a| ActorV1 {
+            id_hmac: Cow::Borrowed(&a.id_hmac),
+            role: borrowed(&a.role),
+        }),
+        message_id_hmac: borrowed(&record.message_id_hmac),
+        message_type: borrowed(&record.message_type),
+        purpose: borrowed(&record.purpose),
+        consent_hmac: borrowed(&record.consent_hmac),
+        subject_hmac: borrowed(&record.subject_hmac),
+        envelope_sha256: borrowed(&record.envelope_sha256),
         hmac_key: uses_hmac.then_some(hmac_key_version),
     };
     let bytes = serde_json::to_vec(&entry).map_err(|e| EntryError::Malformed(e.to_string()))?;
@@ -125,6 +149,32 @@ pub fn encode(
         return Err(EntryError::TooLarge(bytes.len()));
     }
     Ok(bytes)
+}
+
+/// A cheap bound: `true` if the record's encoding is certainly within [`MAX_ENTRY_BYTES`]
+/// (even if every character needed a six-byte JSON escape), so the writer can skip a trial
+/// encoding.
+pub fn surely_fits(record: &AuditRecord) -> bool {
+    let text_len = [
+        Some(&record.time),
+        Some(&record.action),
+        record.reason.as_ref(),
+        record.peer.as_ref(),
+        record.actor.as_ref().map(|a| &a.id_hmac),
+        record.actor.as_ref().and_then(|a| a.role.as_ref()),
+        record.message_id_hmac.as_ref(),
+        record.message_type.as_ref(),
+        record.purpose.as_ref(),
+        record.consent_hmac.as_ref(),
+        record.subject_hmac.as_ref(),
+        record.envelope_sha256.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(String::len)
+    .sum::<usize>();
+    // Field names, punctuation, the version, index and key version fit in 512 bytes.
+    text_len.saturating_mul(6).saturating_add(512) <= MAX_ENTRY_BYTES
 }
 
 /// What a verifier reads back from stored bytes.
@@ -136,12 +186,33 @@ pub struct DecodedEntry {
     pub hmac_key: Option<u32>,
 }
 
-/// Decodes stored entry bytes and checks they are canonical (re-encoding gives the same bytes).
-pub fn decode(bytes: &[u8]) -> Result<DecodedEntry, EntryError> {
+/// An `io::Write` that compares what is written with the expected bytes, without allocating.
+struct SameAs<'a> {
+    expected: &'a [u8],
+    position: usize,
+    equal: bool,
+}
+
+impl std::io::Write for SameAs<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let end = self.position.saturating_add(buf.len());
+        self.equal = self.equal && self.expected.get(self.position..end) == Some(buf);
+        self.position = end;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Parses stored bytes and checks they are the canonical encoding (re-encoding gives exactly
+/// these bytes), without copying any text.
+fn parse(bytes: &[u8]) -> Result<EntryV1<'_>, EntryError> {
     if bytes.len() > MAX_ENTRY_BYTES {
         return Err(EntryError::TooLarge(bytes.len()));
     }
-    let entry: EntryV1 =
+    let entry: EntryV1<'_> =
         serde_json::from_slice(bytes).map_err(|e| EntryError::Malformed(e.to_string()))?;
     if entry.v != 1 {
         return Err(EntryError::Malformed(format!(
@@ -149,25 +220,46 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEntry, EntryError> {
             entry.v
         )));
     }
-    if serde_json::to_vec(&entry).map_err(|e| EntryError::Malformed(e.to_string()))? != bytes {
+    let mut same = SameAs {
+        expected: bytes,
+        position: 0,
+        equal: true,
+    };
+    serde_json::to_writer(&mut same, &entry).map_err(|e| EntryError::Malformed(e.to_string()))?;
+    if !(same.equal && same.position == bytes.len()) {
         return Err(EntryError::NotCanonical);
     }
+    Ok(entry)
+}
+
+/// Checks stored bytes are a canonical v1 entry and returns the leaf index it claims. This is
+/// what verification needs, at the least cost.
+pub fn check(bytes: &[u8]) -> Result<u64, EntryError> {
+    parse(bytes).map(|entry| entry.idx)
+}
+
+/// Decodes stored entry bytes and checks they are canonical.
+pub fn decode(bytes: &[u8]) -> Result<DecodedEntry, EntryError> {
+    let entry = parse(bytes)?;
     Ok(DecodedEntry {
         idx: entry.idx,
         hmac_key: entry.hmac_key,
         record: AuditRecord {
-            time: entry.time,
-            action: entry.action,
+            time: entry.time.into_owned(),
+            action: entry.action.into_owned(),
             decision: entry.decision,
-            reason: entry.reason,
-            peer: entry.peer,
-            actor: entry.actor,
-            message_id_hmac: entry.message_id_hmac,
-            message_type: entry.message_type,
-            purpose: entry.purpose,
-            consent_hmac: entry.consent_hmac,
-            subject_hmac: entry.subject_hmac,
-            envelope_sha256: entry.envelope_sha256,
+            reason: owned(entry.reason),
+            peer: owned(entry.peer),
+            actor: entry.actor.map(|a| ActorRecord {
+                id_hmac: a.id_hmac.into_owned(),
+                role: owned(a.role),
+            }),
+            message_id_hmac: owned(entry.message_id_hmac),
+            message_type: owned(entry.message_type),
+            purpose: owned(entry.purpose),
+            consent_hmac: owned(entry.consent_hmac),
+            subject_hmac: owned(entry.subject_hmac),
+            envelope_sha256: owned(entry.envelope_sha256),
         },
     })
 }
@@ -244,7 +336,14 @@ mod tests {
     fn oversize_entries_are_refused() {
         let mut big = record();
         big.reason = Some("x".repeat(MAX_ENTRY_BYTES));
+        assert!(!surely_fits(&big));
         assert!(matches!(encode(&big, 0, 1), Err(EntryError::TooLarge(_))));
+        // Worst-case escaping: every control character becomes a six-byte escape.
+        let mut escaped = record();
+        escaped.reason = Some("\u{1}".repeat(10_837));
+        assert!(!surely_fits(&escaped));
+        assert!(encode(&escaped, u64::MAX, 1).unwrap().len() <= MAX_ENTRY_BYTES);
+        assert!(surely_fits(&record()));
     }
 
     #[test]

@@ -501,16 +501,16 @@ fn check_each(
                 }),
             )
         };
-        let decoded = match entry::decode(bytes) {
-            Ok(decoded) => decoded,
+        let claimed = match entry::check(bytes) {
+            Ok(idx) => idx,
             Err(e) => return fail(EntryProblem::Undecodable(e)),
         };
-        if decoded.idx > position as u64 {
-            return fail(EntryProblem::ClaimsLater(decoded.idx));
+        if claimed > position as u64 {
+            return fail(EntryProblem::ClaimsLater(claimed));
         }
-        if decoded.idx < position as u64 {
+        if claimed < position as u64 {
             return fail(EntryProblem::Duplicate {
-                claimed: decoded.idx,
+                claimed,
                 at: position as u64,
                 inserted: None,
             });

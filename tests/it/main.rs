@@ -5,6 +5,7 @@
 mod support;
 
 mod audit;
+mod audit_crosscheck;
 mod audit_verify;
 mod cli;
 mod config_errors;
