@@ -172,9 +172,16 @@ async fn main() {
             .execute(&mut conn)
             .await
             .unwrap();
-        let url = match admin.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{name}"),
-            None => panic!("BROBYGGER_TEST_POSTGRES_URL must end in /DATABASE"),
+        // Keep any query (e.g. `?host=/var/run/postgresql` for the Unix socket).
+        let (location, query) = admin.split_once('?').unwrap_or((admin.as_str(), ""));
+        let base = location
+            .rsplit_once('/')
+            .map(|(base, _)| base)
+            .expect("BROBYGGER_TEST_POSTGRES_URL must end in /DATABASE");
+        let url = if query.is_empty() {
+            format!("{base}/{name}")
+        } else {
+            format!("{base}/{name}?{query}")
         };
         for (callers, per_call) in [(1, 1), (64, 1), (256, 1), (64, 100)] {
             let db = Database::open(&DatabaseConfig {

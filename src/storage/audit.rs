@@ -137,14 +137,21 @@ impl WriteTx {
                     builder.build().execute(&mut **tx).await?;
                 }
                 WriteTx::Postgres(tx) => {
-                    let mut builder: QueryBuilder<sqlx::Postgres> =
-                        QueryBuilder::new("INSERT INTO audit_entries (idx, entry, leaf_hash) ");
-                    builder.push_values(numbered, |mut b, (i, entry, leaf)| {
-                        b.push_bind(i)
-                            .push_bind(entry.clone())
-                            .push_bind(leaf.to_vec());
-                    });
-                    builder.build().execute(&mut **tx).await?;
+                    // One fixed statement with three array parameters, whatever the row count:
+                    // PostgreSQL parses and plans it once instead of once per batch size.
+                    let (ids, (entries, leaves)): (Vec<i64>, (Vec<Vec<u8>>, Vec<Vec<u8>>)) =
+                        numbered
+                            .map(|(i, entry, leaf)| (i, (entry.clone(), leaf.to_vec())))
+                            .unzip();
+                    sqlx::query(
+                        "INSERT INTO audit_entries (idx, entry, leaf_hash) \
+                         SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[], $3::BYTEA[])",
+                    )
+                    .bind(ids)
+                    .bind(entries)
+                    .bind(leaves)
+                    .execute(&mut **tx)
+                    .await?;
                 }
             }
             idx += to_i64(chunk.len() as u64)?;
