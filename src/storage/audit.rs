@@ -139,10 +139,14 @@ impl WriteTx {
                 WriteTx::Postgres(tx) => {
                     // One fixed statement with three array parameters, whatever the row count:
                     // PostgreSQL parses and plans it once instead of once per batch size.
-                    let (ids, (entries, leaves)): (Vec<i64>, (Vec<Vec<u8>>, Vec<Vec<u8>>)) =
-                        numbered
-                            .map(|(i, entry, leaf)| (i, (entry.clone(), leaf.to_vec())))
-                            .unzip();
+                    let mut ids = Vec::with_capacity(chunk.len());
+                    let mut entries = Vec::with_capacity(chunk.len());
+                    let mut leaves = Vec::with_capacity(chunk.len());
+                    for (i, entry, leaf) in numbered {
+                        ids.push(i);
+                        entries.push(entry.clone());
+                        leaves.push(leaf.to_vec());
+                    }
                     sqlx::query(
                         "INSERT INTO audit_entries (idx, entry, leaf_hash) \
                          SELECT * FROM UNNEST($1::BIGINT[], $2::BYTEA[], $3::BYTEA[])",
@@ -309,4 +313,25 @@ pub async fn audit_checkpoints(db: &Database) -> Result<Vec<String>, StorageErro
         notes.push(latest);
     }
     Ok(notes)
+}
+
+/// The stored leaf hashes of the first `count` entries, in index order (start-up checks read
+/// these instead of whole entries).
+pub async fn audit_leaf_hashes(db: &Database, count: u64) -> Result<Vec<Hash>, StorageError> {
+    let count = to_i64(count)?;
+    let rows: Vec<Vec<u8>> = match db {
+        Database::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT leaf_hash FROM audit_entries WHERE idx < $1 ORDER BY idx")
+                .bind(count)
+                .fetch_all(pool)
+                .await?
+        }
+        Database::Postgres(pool) => {
+            sqlx::query_scalar("SELECT leaf_hash FROM audit_entries WHERE idx < $1 ORDER BY idx")
+                .bind(count)
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    rows.iter().map(|h| to_hash(h)).collect()
 }

@@ -10,8 +10,8 @@ mod manifest_state;
 mod migrate;
 
 pub use audit::{
-    StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries, audit_tree,
-    latest_audit_checkpoint,
+    StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries, audit_leaf_hashes,
+    audit_tree, latest_audit_checkpoint,
 };
 pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
 
