@@ -223,6 +223,190 @@ impl FromStr for Kommunekode {
     }
 }
 
+/// A purpose's id in the catalogue, e.g. `smaaboernsklub-fremmoede`: a lowercase slug.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PurposeId(String);
+
+impl PurposeId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for PurposeId {
+    type Err = ParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if is_slug(value, 63) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ParseError::new(format!(
+                "`{value}` is not a purpose id: a lowercase slug of letters, digits and single hyphens"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for PurposeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A purpose by id and version: consents and messages name both, so a changed purpose needs a
+/// new consent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PurposeRef {
+    pub id: PurposeId,
+    pub version: u32,
+}
+
+impl PurposeRef {
+    pub fn new(id: PurposeId, version: u32) -> Result<Self, ParseError> {
+        if version == 0 {
+            return Err(ParseError::new("a purpose version starts at 1"));
+        }
+        Ok(Self { id, version })
+    }
+}
+
+impl fmt::Display for PurposeRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id, self.version)
+    }
+}
+
+/// A consent's id: a UUID in its canonical lowercase form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConsentId(String);
+
+impl ConsentId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `true` for `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in lowercase hex.
+fn is_canonical_uuid(value: &str) -> bool {
+    value.len() == 36
+        && value.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
+        })
+}
+
+impl FromStr for ConsentId {
+    type Err = ParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if is_canonical_uuid(value) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ParseError::new(format!(
+                "`{value}` is not a consent id: a UUID in lowercase canonical form"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for ConsentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The pairwise subject reference: 128 random bits, written as 32 lowercase hex digits. It names
+/// a child between exactly two organisations and is not derived from any identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubjectRef([u8; 16]);
+
+impl SubjectRef {
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl FromStr for SubjectRef {
+    type Err = ParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let lowercase = value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let mut bytes = [0u8; 16];
+        match (lowercase, hex::decode_to_slice(value, &mut bytes)) {
+            (true, Ok(())) => Ok(Self(bytes)),
+            _ => Err(ParseError::new(format!(
+                "`{value}` is not a subject reference: 32 lowercase hex digits"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for SubjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+/// The v1 message types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MessageType {
+    ActivitySummary,
+    Referral,
+    ReferralResponse,
+    ConsentGranted,
+    ConsentWithdrawn,
+    Ack,
+}
+
+impl MessageType {
+    pub const ALL: [MessageType; 6] = [
+        MessageType::ActivitySummary,
+        MessageType::Referral,
+        MessageType::ReferralResponse,
+        MessageType::ConsentGranted,
+        MessageType::ConsentWithdrawn,
+        MessageType::Ack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageType::ActivitySummary => "activity-summary",
+            MessageType::Referral => "referral",
+            MessageType::ReferralResponse => "referral-response",
+            MessageType::ConsentGranted => "consent.granted",
+            MessageType::ConsentWithdrawn => "consent.withdrawn",
+            MessageType::Ack => "ack",
+        }
+    }
+
+    /// Data about a child (as opposed to consent bookkeeping): these need a purpose's permit.
+    pub fn carries_child_data(self) -> bool {
+        matches!(
+            self,
+            MessageType::ActivitySummary | MessageType::Referral | MessageType::ReferralResponse
+        )
+    }
+}
+
+impl FromStr for MessageType {
+    type Err = ParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == value)
+            .ok_or_else(|| ParseError::new(format!("`{value}` is not a v1 message type")))
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +450,35 @@ mod tests {
         assert!("99a00001".parse::<Cvr>().is_err());
         assert!("901".parse::<Kommunekode>().is_ok());
         assert!("0901".parse::<Kommunekode>().is_err());
+    }
+
+    #[test]
+    fn consent_ids_subject_refs_and_message_types_parse_once() {
+        assert!(
+            "0192f0a4-7b1c-7def-8a00-1234567890ab"
+                .parse::<ConsentId>()
+                .is_ok()
+        );
+        for bad in [
+            "0192F0A4-7B1C-7DEF-8A00-1234567890AB",
+            "0192f0a47b1c7def8a001234567890ab",
+            "0192f0a4-7b1c-7def-8a00-1234567890a",
+            "0192f0a4-7b1c-7def-8a00-1234567890ag",
+        ] {
+            assert!(bad.parse::<ConsentId>().is_err(), "{bad}");
+        }
+        let subject: SubjectRef = "00112233445566778899aabbccddeeff".parse().unwrap();
+        assert_eq!(subject.to_string(), "00112233445566778899aabbccddeeff");
+        assert!(
+            "00112233445566778899AABBCCDDEEFF"
+                .parse::<SubjectRef>()
+                .is_err()
+        );
+        assert!("0011".parse::<SubjectRef>().is_err());
+        for t in MessageType::ALL {
+            assert_eq!(t.as_str().parse::<MessageType>().unwrap(), t);
+        }
+        assert!(PurposeRef::new("smaaboernsklub-fremmoede".parse().unwrap(), 0).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod jwt;
 pub mod manifest;
 pub mod node;
 pub mod pki;
+pub mod policy;
 pub mod problem;
 pub mod signed_note;
 pub mod storage;

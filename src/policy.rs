@@ -1,0 +1,443 @@
+//! The pure decision for purpose and consent (DESIGN §5, steps 4 and 5).
+//!
+//! Plain values in, `Permit` or `Deny(reason)` out. No I/O, no clock (`now` is an argument), no
+//! serde: this is the most tested code of the project. The boundary code does steps 1 to 3
+//! (identity, replay, size, CPR guard, schema) and then asks [`decide`]. A [`Permit`] can only
+//! be made here, so code that stores or releases a message can demand one.
+//!
+//! The checks run in a fixed order and the first failure is the answer:
+//! 1. the purpose (id and version) is in the catalogue;
+//! 2. it is active;
+//! 3. it allows this message type;
+//! 4. it allows this direction (NGO to public authority, or the reverse);
+//! 5. it allows every field of the body (the first other field is named);
+//! 6. the consent exists;
+//! 7. its status permits processing (given or renewed), and now is inside its validity;
+//! 8. it names exactly the sender and the recipient as its two parties;
+//! 9. it names this purpose version.
+
+use crate::domain::{ConsentId, MessageType, OrgId, OrgKind, PurposeRef};
+use std::collections::{BTreeMap, BTreeSet};
+use time::OffsetDateTime;
+
+/// Whether a purpose may be used for new exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurposeStatus {
+    Active,
+    Inactive,
+}
+
+/// Which way data may flow under a purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    NgoToMunicipality,
+    MunicipalityToNgo,
+    Both,
+}
+
+/// What the policy needs to know of one purpose version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurposeRule {
+    pub purpose: PurposeRef,
+    pub status: PurposeStatus,
+    pub flow: Flow,
+    /// The allowed body fields per allowed message type. A type absent here is not allowed.
+    pub allowed_fields: BTreeMap<MessageType, BTreeSet<String>>,
+}
+
+/// The purpose catalogue of the current manifest, by id and version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalogue {
+    rules: BTreeMap<PurposeRef, PurposeRule>,
+}
+
+impl Catalogue {
+    pub fn new(rules: impl IntoIterator<Item = PurposeRule>) -> Self {
+        Self {
+            rules: rules.into_iter().map(|r| (r.purpose.clone(), r)).collect(),
+        }
+    }
+
+    pub fn rule(&self, purpose: &PurposeRef) -> Option<&PurposeRule> {
+        self.rules.get(purpose)
+    }
+}
+
+/// The status of a consent, derived from its event log (W3C DPV terms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentStatus {
+    Given,
+    Renewed,
+    WithdrawnBySubject,
+    Revoked,
+    Expired,
+    Invalidated,
+}
+
+impl ConsentStatus {
+    /// Only given and renewed consents permit processing.
+    pub fn permits_processing(self) -> bool {
+        matches!(self, ConsentStatus::Given | ConsentStatus::Renewed)
+    }
+}
+
+/// What the policy needs to know of one consent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentFacts {
+    pub id: ConsentId,
+    /// The organisation that recorded the consent.
+    pub recording_org: OrgId,
+    /// The other party of the pairwise consent.
+    pub counterpart: OrgId,
+    pub purposes: BTreeSet<PurposeRef>,
+    pub status: ConsentStatus,
+    pub valid_from: OffsetDateTime,
+    pub valid_until: OffsetDateTime,
+}
+
+/// One exchange to decide on: who sends what to whom, under which purpose and consent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange<'a> {
+    pub message_type: MessageType,
+    pub sender: &'a OrgId,
+    pub sender_kind: OrgKind,
+    pub recipient: &'a OrgId,
+    pub recipient_kind: OrgKind,
+    pub purpose: &'a PurposeRef,
+    pub consent: &'a ConsentId,
+    /// The names of the body's top-level fields, in document order.
+    pub body_fields: &'a [&'a str],
+}
+
+/// Why an exchange is refused. Each has a stable reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DenyReason {
+    PurposeUnknown,
+    PurposeInactive,
+    TypeNotAllowed,
+    DirectionNotAllowed,
+    FieldNotAllowed,
+    ConsentUnknown,
+    ConsentNotActive,
+    ConsentExpired,
+    PartyNotInConsent,
+    PurposeNotInConsent,
+}
+
+impl DenyReason {
+    pub const ALL: [DenyReason; 10] = [
+        DenyReason::PurposeUnknown,
+        DenyReason::PurposeInactive,
+        DenyReason::TypeNotAllowed,
+        DenyReason::DirectionNotAllowed,
+        DenyReason::FieldNotAllowed,
+        DenyReason::ConsentUnknown,
+        DenyReason::ConsentNotActive,
+        DenyReason::ConsentExpired,
+        DenyReason::PartyNotInConsent,
+        DenyReason::PurposeNotInConsent,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            DenyReason::PurposeUnknown => "purpose-unknown",
+            DenyReason::PurposeInactive => "purpose-inactive",
+            DenyReason::TypeNotAllowed => "type-not-allowed",
+            DenyReason::DirectionNotAllowed => "direction-not-allowed",
+            DenyReason::FieldNotAllowed => "field-not-allowed",
+            DenyReason::ConsentUnknown => "consent-unknown",
+            DenyReason::ConsentNotActive => "consent-not-active",
+            DenyReason::ConsentExpired => "consent-expired",
+            DenyReason::PartyNotInConsent => "party-not-in-consent",
+            DenyReason::PurposeNotInConsent => "purpose-not-in-consent",
+        }
+    }
+}
+
+/// A refusal: the reason, and for field errors the JSON pointer of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: DenyReason,
+    pub pointer: Option<String>,
+}
+
+/// Proof that the policy permitted an exchange. Only [`decide`] makes one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permit {
+    _private: (),
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Permit(Permit),
+    Deny(Denial),
+}
+
+impl Decision {
+    /// The denial's reason, if it is one.
+    pub fn reason(&self) -> Option<DenyReason> {
+        match self {
+            Decision::Permit(_) => None,
+            Decision::Deny(denial) => Some(denial.reason),
+        }
+    }
+}
+
+/// Which side of the federation an organisation is on, for the direction rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Municipalities and regions: public authorities.
+    Public,
+    /// NGOs: civil society.
+    Civil,
+}
+
+fn side(kind: OrgKind) -> Side {
+    match kind {
+        OrgKind::Municipality | OrgKind::Region => Side::Public,
+        OrgKind::Ngo => Side::Civil,
+    }
+}
+
+fn flow_allows(flow: Flow, from: Side, to: Side) -> bool {
+    match (from, to) {
+        (Side::Civil, Side::Public) => matches!(flow, Flow::NgoToMunicipality | Flow::Both),
+        (Side::Public, Side::Civil) => matches!(flow, Flow::MunicipalityToNgo | Flow::Both),
+        // Exchanges between two public authorities or two NGOs are not what v1 purposes cover.
+        (Side::Public, Side::Public) | (Side::Civil, Side::Civil) => false,
+    }
+}
+
+/// Escapes a field name as one JSON pointer reference token (RFC 6901).
+fn pointer_token(name: &str) -> String {
+    name.replace('~', "~0").replace('/', "~1")
+}
+
+fn deny(reason: DenyReason) -> Decision {
+    Decision::Deny(Denial {
+        reason,
+        pointer: None,
+    })
+}
+
+/// Decides one exchange. Total: every input yields a decision; nothing panics.
+pub fn decide(
+    exchange: &Exchange<'_>,
+    catalogue: &Catalogue,
+    consent: Option<&ConsentFacts>,
+    now: OffsetDateTime,
+) -> Decision {
+    let Some(rule) = catalogue.rule(exchange.purpose) else {
+        return deny(DenyReason::PurposeUnknown);
+    };
+    if rule.status != PurposeStatus::Active {
+        return deny(DenyReason::PurposeInactive);
+    }
+    let Some(allowed) = rule.allowed_fields.get(&exchange.message_type) else {
+        return deny(DenyReason::TypeNotAllowed);
+    };
+    if !flow_allows(
+        rule.flow,
+        side(exchange.sender_kind),
+        side(exchange.recipient_kind),
+    ) {
+        return deny(DenyReason::DirectionNotAllowed);
+    }
+    if let Some(field) = exchange
+        .body_fields
+        .iter()
+        .find(|field| !allowed.contains(**field))
+    {
+        return Decision::Deny(Denial {
+            reason: DenyReason::FieldNotAllowed,
+            pointer: Some(format!("/body/{}", pointer_token(field))),
+        });
+    }
+    let Some(consent) = consent.filter(|c| &c.id == exchange.consent) else {
+        return deny(DenyReason::ConsentUnknown);
+    };
+    if consent.status == ConsentStatus::Expired || now >= consent.valid_until {
+        return deny(DenyReason::ConsentExpired);
+    }
+    if !consent.status.permits_processing() || now < consent.valid_from {
+        return deny(DenyReason::ConsentNotActive);
+    }
+    let parties_match = (&consent.recording_org == exchange.sender
+        && &consent.counterpart == exchange.recipient)
+        || (&consent.recording_org == exchange.recipient
+            && &consent.counterpart == exchange.sender);
+    if !parties_match {
+        return deny(DenyReason::PartyNotInConsent);
+    }
+    if !consent.purposes.contains(exchange.purpose) {
+        return deny(DenyReason::PurposeNotInConsent);
+    }
+    Decision::Permit(Permit { _private: () })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn purpose() -> PurposeRef {
+        PurposeRef::new("smaaboernsklub-fremmoede".parse().unwrap(), 1).unwrap()
+    }
+
+    fn catalogue(status: PurposeStatus) -> Catalogue {
+        Catalogue::new([PurposeRule {
+            purpose: purpose(),
+            status,
+            flow: Flow::NgoToMunicipality,
+            allowed_fields: BTreeMap::from([(
+                MessageType::ActivitySummary,
+                ["month", "sessions_offered", "sessions_attended"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            )]),
+        }])
+    }
+
+    fn consent() -> ConsentFacts {
+        ConsentFacts {
+            id: "0192f0a4-7b1c-7def-8a00-1234567890ab".parse().unwrap(),
+            recording_org: "herning-kommune".parse().unwrap(),
+            counterpart: "red-barnet".parse().unwrap(),
+            purposes: BTreeSet::from([purpose()]),
+            status: ConsentStatus::Given,
+            valid_from: datetime!(2026-09-01 00:00 UTC),
+            valid_until: datetime!(2027-09-01 00:00 UTC),
+        }
+    }
+
+    #[test]
+    fn a_summary_from_the_club_to_the_municipality_is_permitted_and_each_rule_bites() {
+        let ngo: OrgId = "red-barnet".parse().unwrap();
+        let kommune: OrgId = "herning-kommune".parse().unwrap();
+        let purpose = purpose();
+        let consent_facts = consent();
+        let fields = ["month", "sessions_attended"];
+        let exchange = Exchange {
+            message_type: MessageType::ActivitySummary,
+            sender: &ngo,
+            sender_kind: OrgKind::Ngo,
+            recipient: &kommune,
+            recipient_kind: OrgKind::Municipality,
+            purpose: &purpose,
+            consent: &consent_facts.id,
+            body_fields: &fields,
+        };
+        let now = datetime!(2026-11-22 12:00 UTC);
+        let active = catalogue(PurposeStatus::Active);
+        assert!(matches!(
+            decide(&exchange, &active, Some(&consent_facts), now),
+            Decision::Permit(_)
+        ));
+        let reason = |e: &Exchange<'_>, c: &Catalogue, f: Option<&ConsentFacts>, t| {
+            decide(e, c, f, t).reason()
+        };
+        assert_eq!(
+            reason(
+                &exchange,
+                &catalogue(PurposeStatus::Inactive),
+                Some(&consent_facts),
+                now
+            ),
+            Some(DenyReason::PurposeInactive)
+        );
+        let reverse = Exchange {
+            sender: &kommune,
+            sender_kind: OrgKind::Municipality,
+            recipient: &ngo,
+            recipient_kind: OrgKind::Ngo,
+            ..exchange.clone()
+        };
+        assert_eq!(
+            reason(&reverse, &active, Some(&consent_facts), now),
+            Some(DenyReason::DirectionNotAllowed)
+        );
+        let extra = ["month", "notes/free~text"];
+        let with_extra = Exchange {
+            body_fields: &extra,
+            ..exchange.clone()
+        };
+        assert_eq!(
+            decide(&with_extra, &active, Some(&consent_facts), now),
+            Decision::Deny(Denial {
+                reason: DenyReason::FieldNotAllowed,
+                pointer: Some("/body/notes~1free~0text".into())
+            })
+        );
+        assert_eq!(
+            reason(&exchange, &active, None, now),
+            Some(DenyReason::ConsentUnknown)
+        );
+        assert_eq!(
+            reason(
+                &exchange,
+                &active,
+                Some(&consent_facts),
+                datetime!(2027-09-01 00:00 UTC)
+            ),
+            Some(DenyReason::ConsentExpired)
+        );
+        assert_eq!(
+            reason(
+                &exchange,
+                &active,
+                Some(&consent_facts),
+                datetime!(2026-08-31 23:59 UTC)
+            ),
+            Some(DenyReason::ConsentNotActive)
+        );
+        let withdrawn = ConsentFacts {
+            status: ConsentStatus::WithdrawnBySubject,
+            ..consent()
+        };
+        assert_eq!(
+            reason(&exchange, &active, Some(&withdrawn), now),
+            Some(DenyReason::ConsentNotActive)
+        );
+        let other_party = ConsentFacts {
+            counterpart: "fredericia-kommune".parse().unwrap(),
+            ..consent()
+        };
+        assert_eq!(
+            reason(&exchange, &active, Some(&other_party), now),
+            Some(DenyReason::PartyNotInConsent)
+        );
+        let other_purpose = ConsentFacts {
+            purposes: BTreeSet::new(),
+            ..consent()
+        };
+        assert_eq!(
+            reason(&exchange, &active, Some(&other_purpose), now),
+            Some(DenyReason::PurposeNotInConsent)
+        );
+        let referral = Exchange {
+            message_type: MessageType::Referral,
+            ..exchange.clone()
+        };
+        assert_eq!(
+            reason(&referral, &active, Some(&consent_facts), now),
+            Some(DenyReason::TypeNotAllowed)
+        );
+        assert_eq!(
+            reason(&exchange, &Catalogue::default(), Some(&consent_facts), now),
+            Some(DenyReason::PurposeUnknown)
+        );
+    }
+
+    #[test]
+    fn reason_codes_are_distinct_kebab_case() {
+        let codes: BTreeSet<&str> = DenyReason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes.len(), DenyReason::ALL.len());
+        assert!(
+            codes
+                .iter()
+                .all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'))
+        );
+    }
+}
