@@ -28,16 +28,34 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// Succeeds if the token carries at least one of `allowed`; otherwise a 403 problem.
-    pub fn require(&self, allowed: &[Role]) -> Result<&Self, Problem> {
+    /// Succeeds if the token carries at least one of `allowed`; otherwise the refusal is
+    /// audited and answered with 403.
+    pub async fn require(
+        &self,
+        state: &NodeState,
+        route: &str,
+        allowed: &[Role],
+    ) -> Result<&Self, Problem> {
         if self.roles.iter().any(|role| allowed.contains(role)) {
-            Ok(self)
-        } else {
-            let names: Vec<String> = allowed.iter().map(ToString::to_string).collect();
-            Err(Problem::forbidden_role(format!(
-                "this operation needs one of the roles: {}",
-                names.join(", ")
-            )))
+            return Ok(self);
+        }
+        let names: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+        let problem = Problem::forbidden_role(format!(
+            "this operation needs one of the roles: {}",
+            names.join(", ")
+        ));
+        let mut record = audited::record(state, "local.authorization", Decision::Deny, None);
+        record.route = Some(route.to_owned());
+        record.actor = Some(self.audit_actor(state));
+        Err(audited::deny(state, record, problem).await)
+    }
+
+    /// The actor as the audit log records it: an HMAC of the subject and the roles held.
+    pub fn audit_actor(&self, state: &NodeState) -> crate::audit::entry::ActorRecord {
+        let roles: Vec<String> = self.roles.iter().map(ToString::to_string).collect();
+        crate::audit::entry::ActorRecord {
+            id_hmac: state.hmac.pseudonymise("actor", &self.subject),
+            role: (!roles.is_empty()).then(|| roles.join(",")),
         }
     }
 }
@@ -49,7 +67,9 @@ impl FromRequest for Actor {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<NodeState>>().cloned();
         let outcome = state.as_ref().map(|state| authenticate(req, state));
-        let path = req.path().to_owned();
+        // The route pattern, never the raw path: a path may carry identifiers, and the log keeps
+        // identifiers only as HMACs.
+        let route = req.match_pattern();
         Box::pin(async move {
             let Some(state) = state else {
                 return Err(Problem::internal(&"node state missing from the local app"));
@@ -60,7 +80,7 @@ impl FromRequest for Actor {
                     // Every refused authentication is audited before the node answers.
                     let mut record =
                         audited::record(&state, "local.authentication", Decision::Deny, None);
-                    record.message_type = Some(path);
+                    record.route = route;
                     tracing::info!(reason = token_reason, "local API token refused");
                     Err(audited::deny(&state, record, problem).await)
                 }
@@ -213,7 +233,9 @@ async fn ping_peer(
     state: web::Data<NodeState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    actor.require(&[Role::Admin])?;
+    actor
+        .require(&state, "/api/v1/peers/{org}/ping", &[Role::Admin])
+        .await?;
     let org: OrgId = path
         .into_inner()
         .parse()

@@ -369,6 +369,7 @@ async fn check(config_path: PathBuf) -> u8 {
         println!("ok: audit HMAC key (version {})", hmac.version());
         let db = node::open_database(&config).await?;
         let published_path = crate::write_path::published_state_path(&config.audit.signing_key);
+        crate::write_path::check_published_writable(&published_path)?;
         let published = crate::write_path::read_published(&published_path, &signer)?;
         crate::write_path::check_against_published(&db, published.as_ref(), &published_path)
             .await?;
@@ -446,7 +447,8 @@ fn print_verified(verified: &crate::audit::verify::Verified, against: bool) {
     }
 }
 
-/// Opens what `audit verify` and `audit export` need: the config, the node's key, the database.
+/// Opens what `audit verify` and `audit export` need: the config, the node's key, and the
+/// database read-only (nothing is created or migrated).
 async fn open_audited_node(
     config: &std::path::Path,
 ) -> Result<
@@ -459,10 +461,22 @@ async fn open_audited_node(
 > {
     let config = Config::load(config).map_err(|e| fail(EXIT_USAGE, e))?;
     let signer = node::load_signing_key(&config).map_err(|e| fail(EXIT_USAGE, e))?;
-    let db = node::open_database(&config)
+    let db = crate::storage::Database::open_read_only(&config.database)
         .await
-        .map_err(|e| fail(EXIT_USAGE, e))?;
+        .map_err(|e| {
+            fail(
+                EXIT_USAGE,
+                format!("{}: database.url: {e}", config.source.display()),
+            )
+        })?;
     Ok((config, signer, db))
+}
+
+/// Reads the log in one snapshot and closes the database.
+async fn snapshot(db: crate::storage::Database) -> Result<crate::storage::AuditSnapshot, u8> {
+    let result = crate::storage::audit_snapshot(&db).await;
+    db.close().await;
+    result.map_err(|e| fail(EXIT_USAGE, format!("database: {e}")))
 }
 
 async fn audit_verify(config: PathBuf, against: Option<PathBuf>) -> u8 {
@@ -474,68 +488,81 @@ async fn audit_verify(config: PathBuf, against: Option<PathBuf>) -> u8 {
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let loaded = async {
-        let entries = crate::storage::audit_entries(&db).await?;
-        let checkpoints = crate::storage::audit_checkpoints(&db).await?;
-        Ok::<_, crate::storage::StorageError>((entries, checkpoints))
-    }
-    .await;
-    db.close().await;
-    let (entries, checkpoints) = match loaded {
-        Ok(loaded) => loaded,
-        Err(e) => return fail(EXIT_USAGE, format!("database: {e}")),
-    };
-    let bytes: Vec<&[u8]> = entries.iter().map(|e| e.entry.as_slice()).collect();
-    let mut leaf_hashes = Vec::with_capacity(entries.len());
-    for (position, entry) in entries.iter().enumerate() {
-        match <[u8; 32]>::try_from(entry.leaf_hash.as_slice()) {
-            Ok(hash) => leaf_hashes.push(hash),
-            Err(_) => {
-                return fail(
-                    EXIT_CHECK_FAILED,
-                    format!(
-                        "audit verification failed: entry {position}: the stored leaf hash is not 32 bytes"
-                    ),
-                );
-            }
-        }
-    }
-    let notes: Vec<&str> = checkpoints.iter().map(String::as_str).collect();
-    let verified = match crate::audit::verify::verify_log(
-        &bytes,
-        Some(&leaf_hashes),
-        &notes,
-        signer.verifier_key(),
-        against.as_deref(),
-    ) {
-        Ok(verified) => verified,
-        Err(failure) => {
-            return fail(
-                EXIT_CHECK_FAILED,
-                format!("audit verification failed: {failure}"),
-            );
-        }
-    };
-    // The database must also hold everything this node published (the state file beside the
-    // signing key): a truncated log with its checkpoints removed is caught here.
+    // The state file first: what this node published can only grow, so reading it before the
+    // database never makes an honest live log look short.
     let published_path = crate::write_path::published_state_path(&config.audit.signing_key);
-    match crate::write_path::read_published(&published_path, &signer) {
-        Ok(Some(published)) if published.head.size > verified.size => {
-            return fail(
-                EXIT_CHECK_FAILED,
-                format!(
-                    "audit verification failed: entry {}: the log ends there, but this node published a checkpoint of size {} ({})",
-                    verified.size,
-                    published.head.size,
-                    published_path.display()
-                ),
-            );
-        }
-        Ok(_) => {}
+    let published = match crate::write_path::read_published(&published_path, &signer) {
+        Ok(published) => published,
         Err(e) => return fail(EXIT_CHECK_FAILED, format!("audit verification failed: {e}")),
+    };
+    let snapshot = match snapshot(db).await {
+        Ok(snapshot) => snapshot,
+        Err(code) => return code,
+    };
+    let checked = (|| -> Result<crate::audit::verify::Verified, String> {
+        let bytes: Vec<&[u8]> = snapshot
+            .entries
+            .iter()
+            .map(|e| e.entry.as_slice())
+            .collect();
+        let mut leaf_hashes = Vec::with_capacity(snapshot.entries.len());
+        for (position, entry) in snapshot.entries.iter().enumerate() {
+            let hash = <[u8; 32]>::try_from(entry.leaf_hash.as_slice())
+                .map_err(|_| format!("entry {position}: the stored leaf hash is not 32 bytes"))?;
+            leaf_hashes.push(hash);
+        }
+        let notes: Vec<&str> = snapshot.checkpoints.iter().map(String::as_str).collect();
+        let stored = bytes.len() as u64;
+        // Without --against, the published checkpoint is the one to extend: it left the node.
+        // (When the log is shorter than it, the per-entry checks run first, so that an edit is
+        // named where it is; the shortness is reported after them.)
+        let implicit = match (&against, &published) {
+            (None, Some(p)) if p.head.size <= stored => {
+                std::fs::read_to_string(&published_path).ok()
+            }
+            _ => None,
+        };
+        let verified = crate::audit::verify::verify_log(
+            &bytes,
+            Some(&leaf_hashes),
+            &notes,
+            signer.verifier_key(),
+            against.as_deref().or(implicit.as_deref()),
+        )
+        .map_err(|failure| failure.to_string())?;
+        if let Some(published) = &published
+            && published.head.size > verified.size
+        {
+            return Err(format!(
+                "entry {}: the log ends there, but this node published a checkpoint of size {} ({})",
+                verified.size,
+                published.head.size,
+                published_path.display()
+            ));
+        }
+        // The stored tree state must be the tree of the entries, or the next commit would sign
+        // over something else.
+        if let Some((tree, _)) = &snapshot.tree
+            && (tree.frontier.size() != verified.size || tree.root != verified.root)
+        {
+            return Err(format!(
+                "the stored tree state (size {}) does not match the {} entries",
+                tree.frontier.size(),
+                verified.size
+            ));
+        }
+        Ok(verified)
+    })();
+    match checked {
+        Ok(verified) => {
+            print_verified(&verified, against.is_some());
+            EXIT_OK
+        }
+        Err(problem) => fail(
+            EXIT_CHECK_FAILED,
+            format!("audit verification failed: {problem}"),
+        ),
     }
-    print_verified(&verified, against.is_some());
-    EXIT_OK
 }
 
 async fn audit_export(config: PathBuf, out: PathBuf) -> u8 {
@@ -543,22 +570,19 @@ async fn audit_export(config: PathBuf, out: PathBuf) -> u8 {
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let loaded = async {
-        let entries = crate::storage::audit_entries(&db).await?;
-        let checkpoint = crate::storage::latest_audit_checkpoint(&db).await?;
-        Ok::<_, crate::storage::StorageError>((entries, checkpoint))
-    }
-    .await;
-    db.close().await;
-    let (entries, checkpoint) = match loaded {
-        Ok(loaded) => loaded,
-        Err(e) => return fail(EXIT_USAGE, format!("database: {e}")),
+    let snapshot = match snapshot(db).await {
+        Ok(snapshot) => snapshot,
+        Err(code) => return code,
     };
-    let Some(checkpoint) = checkpoint else {
+    let Some((_, checkpoint)) = &snapshot.tree else {
         return fail(EXIT_USAGE, "the audit log is empty: nothing to export");
     };
-    let bytes: Vec<&[u8]> = entries.iter().map(|e| e.entry.as_slice()).collect();
-    match crate::audit::tiles::export(&out, &bytes, &checkpoint) {
+    let bytes: Vec<&[u8]> = snapshot
+        .entries
+        .iter()
+        .map(|e| e.entry.as_slice())
+        .collect();
+    match crate::audit::tiles::export(&out, &bytes, checkpoint) {
         Ok(summary) => {
             println!(
                 "exported {} entries to {} ({} hash tiles, {} entry bundles, {} bytes)",

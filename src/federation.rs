@@ -66,7 +66,9 @@ impl FromRequest for AuthenticatedPeer {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<NodeState>>().cloned();
         let decision = state.as_ref().map(|state| authenticate_peer(req, state));
-        let path = req.path().to_owned();
+        // The route pattern, never the raw path: a path may carry identifiers, and the log keeps
+        // identifiers only as HMACs.
+        let route = req.match_pattern();
         Box::pin(async move {
             let Some(state) = state else {
                 return Err(Problem::internal(
@@ -81,7 +83,7 @@ impl FromRequest for AuthenticatedPeer {
                     let mut record =
                         audited::record(&state, "federation.request", Decision::Deny, None);
                     record.peer = claimed.map(|org| org.to_string());
-                    record.message_type = Some(path);
+                    record.route = route;
                     Err(audited::deny(&state, record, problem).await)
                 }
                 None => Err(Problem::internal(&"unreachable: state checked above")),

@@ -14,8 +14,8 @@ use crate::manifest::{self, AcceptedSerial, Manifest, ManifestError, ManifestHol
 use crate::problem;
 use crate::storage::{self, Database, StorageError};
 use crate::write_path::{
-    PublishedError, WritePath, Writer, check_against_published, published_state_path,
-    read_published,
+    PublishedError, WritePath, Writer, check_against_published, check_published_writable,
+    published_state_path, read_published,
 };
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
@@ -275,6 +275,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
     let manifest = load_manifest(&config, &db, clock.now(), Persist::Yes).await?;
     check_self_in_manifest(&config, &manifest, &signer)?;
     let published_path = published_state_path(&config.audit.signing_key);
+    check_published_writable(&published_path)?;
     let published = read_published(&published_path, &signer)?;
     check_against_published(&db, published.as_ref(), &published_path).await?;
     let audit_verifier_key = signer.verifier_key().clone();

@@ -30,6 +30,8 @@ const MAX_BATCH_RECORDS: usize = 20_000;
 const QUEUE_DEPTH: usize = 16_384;
 /// How often, at most, the published checkpoint state file is rewritten.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the state file may fail to be written before the writer refuses appends.
+const PUBLISH_FAILURE_LIMIT: Duration = Duration::from_secs(10);
 /// How often, at most, a checkpoint joins the database's history. Every commit's checkpoint is
 /// committed as the latest; keeping all of them would make verification slow under light
 /// traffic (one signature check per commit), and receipts carry their own anyway.
@@ -190,6 +192,20 @@ fn write_published(path: &Path, note: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Checks that the state file's directory is writable, so that the guard cannot be silently
+/// off (e.g. signing keys on a read-only mount).
+pub fn check_published_writable(path: &Path) -> Result<(), PublishedError> {
+    let probe = path.with_extension("probe");
+    std::fs::write(&probe, b"probe")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| PublishedError::StateFile {
+            path: path.to_path_buf(),
+            problem: format!(
+                "the published checkpoint state file must be writable beside the signing key: {e}"
+            ),
+        })
+}
+
 /// Checks, before the writer starts, that the database holds at least what was published and
 /// extends it.
 pub async fn check_against_published(
@@ -256,6 +272,7 @@ impl Writer {
             unpublished: None,
             last_publish: None,
             last_history: None,
+            publish_failing_since: None,
         };
         let task = tokio::spawn(state.run(receiver, stop_rx));
         Writer {
@@ -285,6 +302,8 @@ struct WriterState {
     last_publish: Option<Instant>,
     /// When a checkpoint last joined the database's history of earlier checkpoints.
     last_history: Option<Instant>,
+    /// Since when writing the state file has failed, if it does.
+    publish_failing_since: Option<Instant>,
 }
 
 impl WriterState {
@@ -336,6 +355,10 @@ impl WriterState {
         // transaction. Ordinary records are far below the limit and skip the extra encoding.
         let mut accepted = Vec::with_capacity(jobs.len());
         for job in jobs {
+            if job.records.is_empty() {
+                let _ = job.reply.send(Ok(Vec::new()));
+                continue;
+            }
             match job
                 .records
                 .iter()
@@ -390,6 +413,21 @@ impl WriterState {
         let storage_error = |e: StorageError| WriteError::Storage(e.to_string());
         let mut tx = self.db.begin_write().await.map_err(storage_error)?;
         let tree = tx.audit_tree().await.map_err(storage_error)?;
+        if tree.frontier.root() != tree.root {
+            return Err(WriteError::Refused(
+                "the stored tree frontier does not hash to the stored root: refusing to sign over it"
+                    .into(),
+            ));
+        }
+        if let Some(since) = self.publish_failing_since
+            && since.elapsed() >= PUBLISH_FAILURE_LIMIT
+        {
+            return Err(WriteError::Refused(format!(
+                "the published checkpoint state file {} cannot be written: without it a restored \
+                 old database would go unnoticed",
+                self.published_path.display()
+            )));
+        }
         let mut frontier = tree.frontier;
         let first = frontier.size();
         if first < self.floor {
@@ -450,8 +488,11 @@ impl WriterState {
             if let Err(e) = write_published(&self.published_path, &checkpoint.note) {
                 tracing::error!(error = %e, path = %self.published_path.display(), "cannot write the published checkpoint state file");
                 self.unpublished = Some(checkpoint);
+                self.publish_failing_since.get_or_insert_with(Instant::now);
+                self.last_publish = Some(Instant::now());
                 return;
             }
+            self.publish_failing_since = None;
             self.last_publish = Some(Instant::now());
         }
     }

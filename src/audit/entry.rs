@@ -59,6 +59,9 @@ pub struct AuditRecord {
     pub subject_hmac: Option<String>,
     /// SHA-256 (hex) of the exact envelope bytes.
     pub envelope_sha256: Option<String>,
+    /// The HTTP route pattern of a request refused before any message was read (never the raw
+    /// path, which may carry identifiers).
+    pub route: Option<String>,
 }
 
 /// The wire form of an encoded entry, field order fixed. Strings borrow from the record when
@@ -92,6 +95,8 @@ struct EntryV1<'a> {
     subject_hmac: Option<Cow<'a, str>>,
     #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
     envelope_sha256: Option<Cow<'a, str>>,
+    #[serde(borrow, skip_serializing_if = "Option::is_none", default)]
+    route: Option<Cow<'a, str>>,
     /// The version of the HMAC key the `*_hmac` fields were made with.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     hmac_key: Option<u32>,
@@ -142,6 +147,7 @@ pub fn encode(
         consent_hmac: borrowed(&record.consent_hmac),
         subject_hmac: borrowed(&record.subject_hmac),
         envelope_sha256: borrowed(&record.envelope_sha256),
+        route: borrowed(&record.route),
         hmac_key: uses_hmac.then_some(hmac_key_version),
     };
     let bytes = serde_json::to_vec(&entry).map_err(|e| EntryError::Malformed(e.to_string()))?;
@@ -168,6 +174,7 @@ pub fn surely_fits(record: &AuditRecord) -> bool {
         record.consent_hmac.as_ref(),
         record.subject_hmac.as_ref(),
         record.envelope_sha256.as_ref(),
+        record.route.as_ref(),
     ]
     .into_iter()
     .flatten()
@@ -260,6 +267,7 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedEntry, EntryError> {
             consent_hmac: owned(entry.consent_hmac),
             subject_hmac: owned(entry.subject_hmac),
             envelope_sha256: owned(entry.envelope_sha256),
+            route: owned(entry.route),
         },
     })
 }

@@ -76,7 +76,11 @@ impl Database {
                 Ok(WriteTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?))
             }
             Database::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
+                // READ COMMITTED explicitly: each statement then sees what committed before it,
+                // so the tree re-read after the lock is current whatever the server default.
+                let mut tx = pool
+                    .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    .await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(AUDIT_LOCK_KEY)
                     .execute(&mut *tx)
@@ -334,4 +338,81 @@ pub async fn audit_leaf_hashes(db: &Database, count: u64) -> Result<Vec<Hash>, S
         }
     };
     rows.iter().map(|h| to_hash(h)).collect()
+}
+
+/// Everything verification and export read, from one consistent snapshot, so that a commit
+/// landing between two reads on a live node cannot look like tampering.
+#[derive(Debug, Clone)]
+pub struct AuditSnapshot {
+    pub entries: Vec<StoredEntry>,
+    /// The kept checkpoints in size order, ending with the latest.
+    pub checkpoints: Vec<String>,
+    /// The stored tree row (size, frontier, root) and its latest checkpoint.
+    pub tree: Option<(StoredTree, String)>,
+}
+
+const SNAPSHOT_ENTRIES: &str = "SELECT idx, entry, leaf_hash FROM audit_entries ORDER BY idx";
+const SNAPSHOT_HISTORY: &str = "SELECT note FROM audit_checkpoints ORDER BY size";
+const SNAPSHOT_TREE: &str = "SELECT size, frontier, root, checkpoint FROM audit_tree WHERE id = 1";
+
+type EntryRow = (i64, Vec<u8>, Vec<u8>);
+type TreeRow = (i64, Vec<u8>, Vec<u8>, String);
+
+/// Reads the whole audit log in one read-only transaction.
+pub async fn audit_snapshot(db: &Database) -> Result<AuditSnapshot, StorageError> {
+    let (rows, history, tree): (Vec<EntryRow>, Vec<String>, Option<TreeRow>) = match db {
+        Database::Sqlite(pool) => {
+            // In WAL mode a read transaction sees one snapshot from its first read on.
+            let mut tx = pool.begin().await?;
+            let tree = sqlx::query_as(SNAPSHOT_TREE)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let rows = sqlx::query_as(SNAPSHOT_ENTRIES).fetch_all(&mut *tx).await?;
+            let history = sqlx::query_scalar(SNAPSHOT_HISTORY)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            (rows, history, tree)
+        }
+        Database::Postgres(pool) => {
+            let mut tx = pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?;
+            let tree = sqlx::query_as(SNAPSHOT_TREE)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let rows = sqlx::query_as(SNAPSHOT_ENTRIES).fetch_all(&mut *tx).await?;
+            let history = sqlx::query_scalar(SNAPSHOT_HISTORY)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            (rows, history, tree)
+        }
+    };
+    let entries = rows
+        .into_iter()
+        .map(|(idx, entry, leaf_hash)| {
+            Ok(StoredEntry {
+                idx: to_u64(idx)?,
+                entry,
+                leaf_hash,
+            })
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    let tree = tree
+        .map(|(size, frontier, root, note)| {
+            Ok::<_, StorageError>((decode_tree(size, &frontier, &root)?, note))
+        })
+        .transpose()?;
+    let mut checkpoints = history;
+    if let Some((_, latest)) = &tree
+        && checkpoints.last() != Some(latest)
+    {
+        checkpoints.push(latest.clone());
+    }
+    Ok(AuditSnapshot {
+        entries,
+        checkpoints,
+        tree,
+    })
 }

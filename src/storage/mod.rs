@@ -10,8 +10,8 @@ mod manifest_state;
 mod migrate;
 
 pub use audit::{
-    StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries, audit_leaf_hashes,
-    audit_tree, latest_audit_checkpoint,
+    AuditSnapshot, StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries,
+    audit_leaf_hashes, audit_snapshot, audit_tree, latest_audit_checkpoint,
 };
 pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
 
@@ -82,6 +82,37 @@ impl Database {
         };
         migrate::run(&db).await?;
         Ok(db)
+    }
+
+    /// Opens an existing database for reading only: no file is created and no migration runs
+    /// (for `audit verify` and `audit export`, which must change nothing).
+    pub async fn open_read_only(config: &DatabaseConfig) -> Result<Self, StorageError> {
+        match &config.url {
+            DatabaseUrl::Sqlite(path) => {
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(false)
+                    .read_only(true)
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| StorageError::Connect(format!("{}: {e}", path.display())))?;
+                Ok(Database::Sqlite(pool))
+            }
+            DatabaseUrl::Postgres(url) => {
+                let options = PgConnectOptions::from_str(url)
+                    .map_err(|e| StorageError::Connect(format!("invalid PostgreSQL URL: {e}")))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| StorageError::Connect(e.to_string()))?;
+                Ok(Database::Postgres(pool))
+            }
+        }
     }
 
     pub fn engine(&self) -> &'static str {

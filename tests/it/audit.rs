@@ -106,6 +106,15 @@ async fn group_commit(engine: Engine) {
     }
     let indexes: BTreeSet<u64> = receipts.iter().map(|r| r.index).collect();
     assert_eq!(indexes, (0..400).collect());
+    // An empty request is answered at once and commits nothing.
+    assert!(
+        writer
+            .path
+            .append_many(Vec::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let commits: BTreeSet<u64> = receipts.iter().map(|r| r.checkpoint.head.size).collect();
     println!(
         "{engine:?}: 400 concurrent appends in {} group commits",
@@ -188,6 +197,18 @@ async fn two_replicas_on_one_postgres_append_concurrently_into_one_log() {
     assert_receipts_prove_inclusion(&db_a, &receipts, &key).await;
     a.stop().await;
     b.stop().await;
+    // And the one log verifies as `audit verify` checks it.
+    let snapshot = storage::audit_snapshot(&db_a).await.unwrap();
+    let bytes: Vec<&[u8]> = snapshot
+        .entries
+        .iter()
+        .map(|e| e.entry.as_slice())
+        .collect();
+    let notes: Vec<&str> = snapshot.checkpoints.iter().map(String::as_str).collect();
+    let verified =
+        brobygger::audit::verify::verify_log(&bytes, None, &notes, key.verifier_key(), None)
+            .unwrap();
+    assert_eq!(verified.size, 600);
 }
 
 #[tokio::test]
@@ -308,6 +329,7 @@ async fn with_the_database_made_read_only_requests_needing_an_audit_entry_are_re
     brobygger::federation::ping_peer(red_barnet, &target)
         .await
         .unwrap();
+    let entries_before = storage::audit_entries(&herning.db).await.unwrap().len();
 
     // Make herning-kommune's database read-only and drop its connections so new ones pick it up.
     let brobygger::config::DatabaseUrl::Postgres(url) = &herning.config.database.url else {
@@ -357,5 +379,10 @@ async fn with_the_database_made_read_only_requests_needing_an_audit_entry_are_re
         503,
         "a refusal that cannot be audited is a 503"
     );
+    // The database itself is up (reads work): the refusals come from the read-only setting,
+    // and nothing was written.
+    herning.db.ping().await.unwrap();
+    let after = storage::audit_entries(&herning.db).await.unwrap().len();
+    assert_eq!(after, entries_before);
     fed.stop().await;
 }

@@ -283,6 +283,22 @@ async fn audit_verify_on_postgres_finds_every_kind_of_tampering() {
     tamper_tests(Engine::Postgres).await;
 }
 
+#[tokio::test]
+async fn audit_verify_changes_nothing_and_creates_no_database() {
+    let log = Log::build(Engine::Sqlite).await;
+    let missing = log.pki.path().join("nowhere/brobygger.db");
+    let output = std::process::Command::new(support::binary())
+        .args(["audit", "verify", "--config", &log.config()])
+        .env(
+            "BROBYGGER_DATABASE__URL",
+            format!("sqlite://{}", missing.display()),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(!missing.exists(), "audit verify must not create a database");
+}
+
 /// The operator rewrites history with the node's own key: self-consistent, so plain verify
 /// passes, but not against a checkpoint that left the node earlier.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
