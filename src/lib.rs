@@ -8,6 +8,7 @@ pub mod audit;
 pub mod audited;
 pub mod cli;
 pub mod config;
+pub mod cpr;
 pub mod domain;
 pub mod federation;
 pub mod identity;

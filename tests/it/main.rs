@@ -12,6 +12,7 @@ mod config_errors;
 mod local_api_auth;
 mod manifest_rules;
 mod mtls;
+mod policy_props;
 mod storage;
 mod tidy;
 mod tlog_tiles_crosscheck;

@@ -45,6 +45,8 @@ fn the_pure_modules_do_no_io() {
         "src/audit/checkpoint.rs",
         "src/audit/entry.rs",
         "src/audit/verify.rs",
+        "src/policy.rs",
+        "src/cpr.rs",
     ] {
         // Comments may name what the module avoids; only code counts.
         let code: String = source(file)

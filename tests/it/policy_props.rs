@@ -1,0 +1,427 @@
+//! Property tests of the pure purpose-and-consent decision (`policy::decide`) against an oracle
+//! written separately here, as a plain reading of DESIGN §5 steps 4 and 5: the purpose exists,
+//! is active, and allows this type, this direction and these fields; the consent exists, is
+//! valid now, names both parties and this purpose version.
+
+use brobygger::domain::{ConsentId, MessageType, OrgId, OrgKind, PurposeRef};
+use brobygger::policy::{
+    Catalogue, ConsentFacts, ConsentStatus, Decision, DenyReason, Exchange, Flow, PurposeRule,
+    PurposeStatus, decide,
+};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use time::OffsetDateTime;
+
+const ORGS: [(&str, OrgKind); 4] = [
+    ("herning-kommune", OrgKind::Municipality),
+    ("fredericia-kommune", OrgKind::Municipality),
+    ("red-barnet", OrgKind::Ngo),
+    ("region-midt", OrgKind::Region),
+];
+const FIELDS: [&str; 5] = [
+    "month",
+    "programme",
+    "sessions_offered",
+    "sessions_attended",
+    "next_step",
+];
+const DATA_TYPES: [MessageType; 3] = [
+    MessageType::ActivitySummary,
+    MessageType::Referral,
+    MessageType::ReferralResponse,
+];
+const CONSENT_IDS: [&str; 2] = [
+    "0192f0a4-7b1c-7def-8a00-000000000001",
+    "0192f0a4-7b1c-7def-8a00-000000000002",
+];
+
+fn org(i: usize) -> OrgId {
+    ORGS[i].0.parse().unwrap()
+}
+
+fn purpose(id: usize, version: u32) -> PurposeRef {
+    PurposeRef::new(
+        ["smaaboernsklub-fremmoede", "familieklub-henvisning"][id]
+            .parse()
+            .unwrap(),
+        version,
+    )
+    .unwrap()
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap()
+}
+
+/// A generated world: catalogue, maybe a consent, and an exchange, all as plain values.
+#[derive(Debug, Clone)]
+struct World {
+    rules: Vec<PurposeRule>,
+    consent: Option<ConsentFacts>,
+    message_type: MessageType,
+    sender: usize,
+    recipient: usize,
+    purpose: PurposeRef,
+    consent_id: ConsentId,
+    fields: Vec<&'static str>,
+    now: OffsetDateTime,
+}
+
+fn flow() -> impl Strategy<Value = Flow> {
+    prop_oneof![
+        Just(Flow::NgoToMunicipality),
+        Just(Flow::MunicipalityToNgo),
+        Just(Flow::Both)
+    ]
+}
+
+fn status() -> impl Strategy<Value = ConsentStatus> {
+    prop_oneof![
+        3 => Just(ConsentStatus::Given),
+        2 => Just(ConsentStatus::Renewed),
+        1 => Just(ConsentStatus::WithdrawnBySubject),
+        1 => Just(ConsentStatus::Revoked),
+        1 => Just(ConsentStatus::Expired),
+        1 => Just(ConsentStatus::Invalidated),
+    ]
+}
+
+fn rule() -> impl Strategy<Value = PurposeRule> {
+    (
+        0..2usize,
+        1..3u32,
+        prop::bool::weighted(0.85),
+        flow(),
+        prop::collection::btree_map(
+            prop::sample::select(DATA_TYPES.to_vec()),
+            prop::collection::btree_set(prop::sample::select(FIELDS.to_vec()), 0..=5),
+            0..=3,
+        ),
+    )
+        .prop_map(|(id, version, active, flow, allowed)| PurposeRule {
+            purpose: purpose(id, version),
+            status: if active {
+                PurposeStatus::Active
+            } else {
+                PurposeStatus::Inactive
+            },
+            flow,
+            allowed_fields: allowed
+                .into_iter()
+                .map(|(t, fields)| (t, fields.into_iter().map(String::from).collect()))
+                .collect(),
+        })
+}
+
+fn consent() -> impl Strategy<Value = ConsentFacts> {
+    (
+        0..2usize,
+        0..4usize,
+        0..4usize,
+        prop::collection::btree_set((0..2usize, 1..3u32), 0..=3),
+        status(),
+        -400i64..400,
+        -400i64..400,
+    )
+        .prop_map(
+            |(id, a, b, purposes, status, from_days, length_days)| ConsentFacts {
+                id: CONSENT_IDS[id].parse().unwrap(),
+                recording_org: org(a),
+                counterpart: org(b),
+                purposes: purposes.into_iter().map(|(p, v)| purpose(p, v)).collect(),
+                status,
+                valid_from: now() + time::Duration::days(from_days),
+                valid_until: now() + time::Duration::days(from_days + length_days),
+            },
+        )
+}
+
+/// Random choices that each either keep a part of the world consistent or break it, so that
+/// generated worlds reach every rule (and permits), not only the first checks.
+#[derive(Debug, Clone)]
+struct Choices {
+    rule_for_purpose: bool,
+    type_allowed: bool,
+    fields_allowed: bool,
+    consent_matches_id: bool,
+    consent_names_parties: bool,
+    consent_names_purpose: bool,
+}
+
+fn likely() -> impl Strategy<Value = bool> {
+    prop::bool::weighted(0.85)
+}
+
+fn world() -> impl Strategy<Value = World> {
+    let choices = (likely(), likely(), likely(), likely(), likely(), likely()).prop_map(
+        |(a, b, c, d, e, f)| Choices {
+            rule_for_purpose: a,
+            type_allowed: b,
+            fields_allowed: c,
+            consent_matches_id: d,
+            consent_names_parties: e,
+            consent_names_purpose: f,
+        },
+    );
+    (
+        (
+            prop::collection::vec(rule(), 0..=3),
+            rule(),
+            prop::option::weighted(0.9, consent()),
+            prop::sample::select(MessageType::ALL.to_vec()),
+        ),
+        (0..4usize, 0..4usize, (0..2usize, 1..3u32), 0..2usize),
+        (
+            prop::collection::vec(prop::sample::select(FIELDS.to_vec()), 0..=4),
+            -2i64..2,
+            choices,
+            prop::bool::ANY,
+        ),
+    )
+        .prop_map(
+            |(
+                (mut rules, mut main_rule, mut consent, message_type),
+                (sender, recipient, (p, v), c),
+                (fields, skew, choices, swap_parties),
+            )| {
+                let purpose = purpose(p, v);
+                let consent_id: ConsentId = CONSENT_IDS[c].parse().unwrap();
+                if choices.rule_for_purpose {
+                    main_rule.purpose = purpose.clone();
+                    if choices.type_allowed {
+                        let allowed = main_rule.allowed_fields.entry(message_type).or_default();
+                        if choices.fields_allowed {
+                            allowed.extend(fields.iter().map(|f| f.to_string()));
+                        }
+                    }
+                }
+                rules.push(main_rule);
+                if let Some(consent) = consent.as_mut() {
+                    if choices.consent_matches_id {
+                        consent.id = consent_id.clone();
+                    }
+                    if choices.consent_names_parties {
+                        let (a, b) = if swap_parties {
+                            (recipient, sender)
+                        } else {
+                            (sender, recipient)
+                        };
+                        consent.recording_org = org(a);
+                        consent.counterpart = org(b);
+                    }
+                    if choices.consent_names_purpose {
+                        consent.purposes.insert(purpose.clone());
+                    }
+                }
+                World {
+                    rules,
+                    consent,
+                    message_type,
+                    sender,
+                    recipient,
+                    purpose,
+                    consent_id,
+                    fields,
+                    now: now() + time::Duration::seconds(skew),
+                }
+            },
+        )
+}
+
+/// The oracle: every rule of DESIGN §5 steps 4-5 as a list, in order; the first that fails is
+/// the reason.
+fn oracle(w: &World) -> Option<DenyReason> {
+    // The catalogue keeps one rule per purpose reference (a later duplicate replaces an earlier).
+    let mut by_ref = BTreeMap::new();
+    for r in &w.rules {
+        by_ref.insert(r.purpose.clone(), r.clone());
+    }
+    let rule = by_ref.get(&w.purpose);
+    let public = |i: usize| ORGS[i].1 != OrgKind::Ngo;
+    let ngo_to_public = !public(w.sender) && public(w.recipient);
+    let public_to_ngo = public(w.sender) && !public(w.recipient);
+    let consent = w.consent.as_ref().filter(|c| c.id == w.consent_id);
+    let checks: Vec<(bool, DenyReason)> = vec![
+        (rule.is_some(), DenyReason::PurposeUnknown),
+        (
+            rule.is_some_and(|r| r.status == PurposeStatus::Active),
+            DenyReason::PurposeInactive,
+        ),
+        (
+            rule.is_some_and(|r| r.allowed_fields.contains_key(&w.message_type)),
+            DenyReason::TypeNotAllowed,
+        ),
+        (
+            rule.is_some_and(|r| match r.flow {
+                Flow::NgoToMunicipality => ngo_to_public,
+                Flow::MunicipalityToNgo => public_to_ngo,
+                Flow::Both => ngo_to_public || public_to_ngo,
+            }),
+            DenyReason::DirectionNotAllowed,
+        ),
+        (
+            rule.and_then(|r| r.allowed_fields.get(&w.message_type))
+                .is_some_and(|allowed| w.fields.iter().all(|f| allowed.contains(*f))),
+            DenyReason::FieldNotAllowed,
+        ),
+        (consent.is_some(), DenyReason::ConsentUnknown),
+        (
+            consent.is_some_and(|c| c.status != ConsentStatus::Expired && w.now < c.valid_until),
+            DenyReason::ConsentExpired,
+        ),
+        (
+            consent.is_some_and(|c| {
+                matches!(c.status, ConsentStatus::Given | ConsentStatus::Renewed)
+                    && w.now >= c.valid_from
+            }),
+            DenyReason::ConsentNotActive,
+        ),
+        (
+            consent.is_some_and(|c| {
+                // The consent's two parties are exactly the sender and the recipient.
+                BTreeSet::from([c.recording_org.clone(), c.counterpart.clone()])
+                    == BTreeSet::from([org(w.sender), org(w.recipient)])
+            }),
+            DenyReason::PartyNotInConsent,
+        ),
+        (
+            consent.is_some_and(|c| c.purposes.contains(&w.purpose)),
+            DenyReason::PurposeNotInConsent,
+        ),
+    ];
+    checks
+        .into_iter()
+        .find(|(ok, _)| !ok)
+        .map(|(_, reason)| reason)
+}
+
+fn run(w: &World) -> Decision {
+    let sender = org(w.sender);
+    let recipient = org(w.recipient);
+    let catalogue = Catalogue::new(w.rules.clone());
+    let exchange = Exchange {
+        message_type: w.message_type,
+        sender: &sender,
+        sender_kind: ORGS[w.sender].1,
+        recipient: &recipient,
+        recipient_kind: ORGS[w.recipient].1,
+        purpose: &w.purpose,
+        consent: &w.consent_id,
+        body_fields: &w.fields,
+    };
+    decide(&exchange, &catalogue, w.consent.as_ref(), w.now)
+}
+
+/// A world that is permitted: red-barnet reports attendance to herning-kommune.
+fn permitted() -> World {
+    let p = purpose(0, 1);
+    World {
+        rules: vec![PurposeRule {
+            purpose: p.clone(),
+            status: PurposeStatus::Active,
+            flow: Flow::NgoToMunicipality,
+            allowed_fields: BTreeMap::from([(
+                MessageType::ActivitySummary,
+                ["month", "sessions_attended"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            )]),
+        }],
+        consent: Some(ConsentFacts {
+            id: CONSENT_IDS[0].parse().unwrap(),
+            recording_org: org(0),
+            counterpart: org(2),
+            purposes: BTreeSet::from([p.clone()]),
+            status: ConsentStatus::Given,
+            valid_from: now() - time::Duration::days(30),
+            valid_until: now() + time::Duration::days(300),
+        }),
+        message_type: MessageType::ActivitySummary,
+        sender: 2,
+        recipient: 0,
+        purpose: p,
+        consent_id: CONSENT_IDS[0].parse().unwrap(),
+        fields: vec!["month", "sessions_attended"],
+        now: now(),
+    }
+}
+
+/// Each mutation breaks exactly one rule of a permitted world.
+fn break_one(reason: DenyReason) -> World {
+    let mut w = permitted();
+    let consent = w.consent.as_mut().unwrap();
+    match reason {
+        DenyReason::PurposeUnknown => w.purpose = purpose(0, 2),
+        DenyReason::PurposeInactive => w.rules[0].status = PurposeStatus::Inactive,
+        DenyReason::TypeNotAllowed => w.message_type = MessageType::Referral,
+        DenyReason::DirectionNotAllowed => w.rules[0].flow = Flow::MunicipalityToNgo,
+        DenyReason::FieldNotAllowed => w.fields.push("next_step"),
+        DenyReason::ConsentUnknown => w.consent_id = CONSENT_IDS[1].parse().unwrap(),
+        DenyReason::ConsentNotActive => consent.status = ConsentStatus::WithdrawnBySubject,
+        DenyReason::ConsentExpired => consent.valid_until = now(),
+        DenyReason::PartyNotInConsent => consent.counterpart = org(1),
+        DenyReason::PurposeNotInConsent => consent.purposes = BTreeSet::from([purpose(1, 1)]),
+    }
+    w
+}
+
+#[test]
+fn breaking_exactly_one_rule_yields_exactly_its_reason() {
+    assert!(matches!(run(&permitted()), Decision::Permit(_)));
+    assert_eq!(oracle(&permitted()), None);
+    for reason in DenyReason::ALL {
+        let w = break_one(reason);
+        assert_eq!(run(&w).reason(), Some(reason), "{reason:?}");
+        assert_eq!(oracle(&w), Some(reason), "oracle, {reason:?}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16384, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_decision_agrees_with_the_oracle(w in world()) {
+        prop_assert_eq!(run(&w).reason(), oracle(&w));
+    }
+
+    /// The field error names the first offending field as a JSON pointer.
+    #[test]
+    fn field_denials_point_at_the_first_field_not_allowed(w in world()) {
+        if let Decision::Deny(denial) = run(&w) {
+            if denial.reason == DenyReason::FieldNotAllowed {
+                let rule = w.rules.iter().rev().find(|r| r.purpose == w.purpose).unwrap();
+                let allowed = &rule.allowed_fields[&w.message_type];
+                let first = w.fields.iter().find(|f| !allowed.contains(**f)).unwrap();
+                prop_assert_eq!(denial.pointer, Some(format!("/body/{first}")));
+            } else {
+                prop_assert_eq!(denial.pointer, None);
+            }
+        }
+    }
+}
+
+/// The generator reaches every outcome, so the agreement above is not only about early exits.
+#[test]
+fn the_generated_worlds_cover_every_outcome() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = world();
+    let mut seen: BTreeMap<Option<DenyReason>, usize> = BTreeMap::new();
+    for _ in 0..20_000 {
+        let w = strategy.new_tree(&mut runner).unwrap().current();
+        *seen.entry(run(&w).reason()).or_default() += 1;
+    }
+    assert!(
+        seen.contains_key(&None),
+        "no permitted world generated: {seen:?}"
+    );
+    for reason in DenyReason::ALL {
+        assert!(
+            seen.contains_key(&Some(reason)),
+            "{reason:?} never generated: {seen:?}"
+        );
+    }
+    println!("outcomes over 20,000 generated worlds: {seen:?}");
+}
