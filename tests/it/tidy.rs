@@ -69,6 +69,17 @@ fn the_pure_modules_do_no_io() {
     }
 }
 
+/// The decision core takes plain values: no serde either (house rule 2).
+#[test]
+fn the_policy_core_knows_no_serde() {
+    let code: String = source("src/policy.rs")
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!code.contains("serde"), "src/policy.rs must not use serde");
+}
+
 #[test]
 fn only_storage_speaks_sql() {
     for (path, text) in all_sources() {
