@@ -379,9 +379,10 @@ async fn check(config_path: PathBuf) -> u8 {
             node::load_manifest(&config, &db, OffsetDateTime::now_utc(), node::Persist::No).await?;
         node::check_self_in_manifest(&config, &manifest, &signer)?;
         println!(
-            "ok: manifest serial {} with {} members, expires {}",
+            "ok: manifest serial {} with {} members and {} purposes, expires {}",
             manifest.serial,
             manifest.members.len(),
+            manifest.purposes.len(),
             crate::manifest::format_time(manifest.expires_at)
         );
         db.close().await;

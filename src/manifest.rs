@@ -1,4 +1,4 @@
-//! The federation manifest: the operator-signed list of members (and, later, purposes).
+//! The federation manifest: the operator-signed list of members and the purpose catalogue.
 //!
 //! A manifest file is a C2SP signed note whose text is the manifest JSON. This module parses
 //! and verifies it (pure), decides whether a candidate may replace the current one (pure, with
@@ -6,10 +6,14 @@
 //! valid file without a restart. The highest accepted serial is persisted by `storage`, so a
 //! lower serial is refused after a restart too.
 
-use crate::domain::{Cvr, FederationName, Kommunekode, NodeIdentity, OrgId, OrgKind};
+use crate::domain::{
+    Cvr, FederationName, Kommunekode, MessageType, NodeIdentity, OrgId, OrgKind, PurposeId,
+    PurposeRef,
+};
+use crate::policy::{Catalogue, Flow, PurposeRule, PurposeStatus};
 use crate::signed_note::{NoteError, VerifierKey};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use time::OffsetDateTime;
 
@@ -49,6 +53,47 @@ pub struct ManifestDocV1 {
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
     pub members: Vec<MemberDocV1>,
+    /// The purpose catalogue (DESIGN §4). A federation may start without purposes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purposes: Vec<PurposeDocV1>,
+}
+
+/// Text in Danish and English.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalizedV1 {
+    pub da: String,
+    pub en: String,
+}
+
+/// The legal basis codes of each side's processing under a purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegalBasisV1 {
+    pub municipality: Vec<String>,
+    pub ngo: Vec<String>,
+}
+
+/// One purpose version as the manifest states it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurposeDocV1 {
+    pub id: String,
+    pub version: u32,
+    /// `active` or `inactive`.
+    pub status: String,
+    pub title: LocalizedV1,
+    /// Plain-language description for families and caseworkers.
+    pub description: LocalizedV1,
+    /// `ngo-to-municipality`, `municipality-to-ngo` or `both`.
+    pub direction: String,
+    /// The allowed message types, each with its allowed body fields.
+    pub messages: BTreeMap<String, Vec<String>>,
+    pub legal_basis: LegalBasisV1,
+    pub retention_at_recipient_days: u32,
+    pub max_consent_validity_days: u32,
+    /// The age from which a young person consents themself.
+    pub self_consent_age: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +164,22 @@ impl Endpoint {
     }
 }
 
+/// A purpose version with what people read about it; the decision rule lives in
+/// [`Manifest::catalogue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purpose {
+    pub purpose: PurposeRef,
+    pub title_da: String,
+    pub title_en: String,
+    pub description_da: String,
+    pub description_en: String,
+    pub legal_basis_municipality: Vec<String>,
+    pub legal_basis_ngo: Vec<String>,
+    pub retention_at_recipient_days: u32,
+    pub max_consent_validity_days: u32,
+    pub self_consent_age: u8,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     pub federation: FederationName,
@@ -126,6 +187,9 @@ pub struct Manifest {
     pub issued_at: OffsetDateTime,
     pub expires_at: OffsetDateTime,
     pub members: BTreeMap<OrgId, Member>,
+    pub purposes: BTreeMap<PurposeRef, Purpose>,
+    /// The decision rules of the purposes, for `policy::decide`.
+    pub catalogue: Catalogue,
     /// SHA-256 of the signed text: two manifests with one serial must have the same hash.
     pub content_hash: [u8; 32],
 }
@@ -236,6 +300,19 @@ fn parse_doc(doc: ManifestDocV1, hash: ring::digest::Digest) -> Result<Manifest,
             return Err(invalid(format!("member `{org}` is listed twice")));
         }
     }
+    let mut purposes = BTreeMap::new();
+    let mut rules = Vec::new();
+    for p in doc.purposes {
+        let (purpose, rule) = parse_purpose(p)?;
+        if purposes.contains_key(&purpose.purpose) {
+            return Err(invalid(format!(
+                "purpose `{}` is listed twice",
+                purpose.purpose
+            )));
+        }
+        purposes.insert(purpose.purpose.clone(), purpose);
+        rules.push(rule);
+    }
     let mut content_hash = [0u8; 32];
     content_hash.copy_from_slice(hash.as_ref());
     Ok(Manifest {
@@ -244,8 +321,123 @@ fn parse_doc(doc: ManifestDocV1, hash: ring::digest::Digest) -> Result<Manifest,
         issued_at: doc.issued_at,
         expires_at: doc.expires_at,
         members,
+        purposes,
+        catalogue: Catalogue::new(rules),
         content_hash,
     })
+}
+
+/// A body field name: lowercase snake case.
+fn is_field_name(name: &str) -> bool {
+    name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && name.len() <= 64
+}
+
+fn parse_purpose(doc: PurposeDocV1) -> Result<(Purpose, PurposeRule), ManifestError> {
+    let id: PurposeId = doc
+        .id
+        .parse()
+        .map_err(|e| ManifestError::Invalid(format!("purpose: {e}")))?;
+    let purpose = PurposeRef::new(id, doc.version)
+        .map_err(|e| ManifestError::Invalid(format!("purpose `{}`: {e}", doc.id)))?;
+    let ctx = |what: &str, problem: &dyn std::fmt::Display| {
+        ManifestError::Invalid(format!("purpose `{purpose}`: {what}: {problem}"))
+    };
+    let status = match doc.status.as_str() {
+        "active" => PurposeStatus::Active,
+        "inactive" => PurposeStatus::Inactive,
+        other => {
+            return Err(ctx(
+                "status",
+                &format!("`{other}` is not active or inactive"),
+            ));
+        }
+    };
+    let flow = match doc.direction.as_str() {
+        "ngo-to-municipality" => Flow::NgoToMunicipality,
+        "municipality-to-ngo" => Flow::MunicipalityToNgo,
+        "both" => Flow::Both,
+        other => {
+            return Err(ctx(
+                "direction",
+                &format!("`{other}` is not ngo-to-municipality, municipality-to-ngo or both"),
+            ));
+        }
+    };
+    let mut allowed_fields = BTreeMap::new();
+    for (type_name, fields) in doc.messages {
+        let message_type: MessageType = type_name.parse().map_err(|e| ctx("messages", &e))?;
+        if !message_type.carries_child_data() {
+            return Err(ctx(
+                "messages",
+                &format!("`{message_type}` follows the consent rules, not a purpose's"),
+            ));
+        }
+        let mut set = BTreeSet::new();
+        for field in fields {
+            if !is_field_name(&field) {
+                return Err(ctx("messages", &format!("`{field}` is not a field name")));
+            }
+            set.insert(field);
+        }
+        allowed_fields.insert(message_type, set);
+    }
+    if allowed_fields.is_empty() {
+        return Err(ctx(
+            "messages",
+            &"a purpose allows at least one message type",
+        ));
+    }
+    for (what, text) in [
+        ("title.da", &doc.title.da),
+        ("title.en", &doc.title.en),
+        ("description.da", &doc.description.da),
+        ("description.en", &doc.description.en),
+    ] {
+        if text.trim().is_empty() {
+            return Err(ctx(what, &"must not be empty"));
+        }
+    }
+    if doc.retention_at_recipient_days == 0 {
+        return Err(ctx("retention_at_recipient_days", &"must be at least 1"));
+    }
+    if !(1..=3650).contains(&doc.max_consent_validity_days) {
+        return Err(ctx("max_consent_validity_days", &"must be 1 to 3650"));
+    }
+    if doc.self_consent_age > 18 {
+        return Err(ctx("self_consent_age", &"must be 18 or less"));
+    }
+    let rule = PurposeRule {
+        purpose: purpose.clone(),
+        status,
+        flow,
+        allowed_fields,
+    };
+    Ok((
+        Purpose {
+            purpose,
+            title_da: doc.title.da,
+            title_en: doc.title.en,
+            description_da: doc.description.da,
+            description_en: doc.description.en,
+            legal_basis_municipality: doc.legal_basis.municipality,
+            legal_basis_ngo: doc.legal_basis.ngo,
+            retention_at_recipient_days: doc.retention_at_recipient_days,
+            max_consent_validity_days: doc.max_consent_validity_days,
+            self_consent_age: doc.self_consent_age,
+        },
+        rule,
+    ))
+}
+
+/// The starter purpose catalogue for the Danish case (`config/purposes.v1.json`), which
+/// `pki init` puts into a development manifest.
+pub fn starter_purposes() -> Result<Vec<PurposeDocV1>, ManifestError> {
+    serde_json::from_str(include_str!("../config/purposes.v1.json"))
+        .map_err(|e| ManifestError::Invalid(format!("config/purposes.v1.json: {e}")))
 }
 
 /// The highest manifest a node has accepted, as persisted.
@@ -367,6 +559,7 @@ mod tests {
                 audit_origin: "brobygger.test/red-barnet/audit".into(),
                 audit_verifier_key: audit.verifier_key().to_string(),
             }],
+            purposes: starter_purposes().unwrap(),
         }
     }
 
@@ -443,6 +636,82 @@ mod tests {
         assert!(holder.replace_if_newer(m3));
         assert!(!holder.replace_if_newer(m2));
         assert_eq!(holder.snapshot().serial, 3);
+    }
+
+    #[test]
+    fn the_starter_catalogue_is_signed_into_the_manifest_and_decides() {
+        use crate::domain::{ConsentId, OrgId};
+        use crate::policy::{ConsentFacts, ConsentStatus, Decision, Exchange, decide};
+        use time::macros::datetime;
+        let op = operator();
+        let m = open(&sign(&op, &doc(1)), op.verifier_key(), &fed()).unwrap();
+        assert_eq!(m.purposes.len(), 3);
+        let attendance = PurposeRef::new("smaaboernsklub-fremmoede".parse().unwrap(), 1).unwrap();
+        assert_eq!(m.purposes[&attendance].title_da, "Fremmøde i småbørnsklub");
+        let ngo: OrgId = "red-barnet".parse().unwrap();
+        let kommune: OrgId = "herning-kommune".parse().unwrap();
+        let consent_id: ConsentId = "0192f0a4-7b1c-7def-8a00-1234567890ab".parse().unwrap();
+        let consent = ConsentFacts {
+            id: consent_id.clone(),
+            recording_org: kommune.clone(),
+            counterpart: ngo.clone(),
+            purposes: BTreeSet::from([attendance.clone()]),
+            status: ConsentStatus::Given,
+            valid_from: datetime!(2026-09-01 00:00 UTC),
+            valid_until: datetime!(2027-09-01 00:00 UTC),
+        };
+        let fields = [
+            "month",
+            "programme",
+            "sessions_offered",
+            "sessions_attended",
+        ];
+        let exchange = Exchange {
+            message_type: MessageType::ActivitySummary,
+            sender: &ngo,
+            sender_kind: OrgKind::Ngo,
+            recipient: &kommune,
+            recipient_kind: OrgKind::Municipality,
+            purpose: &attendance,
+            consent: &consent_id,
+            body_fields: &fields,
+        };
+        assert!(matches!(
+            decide(
+                &exchange,
+                &m.catalogue,
+                Some(&consent),
+                datetime!(2026-11-22 12:00 UTC)
+            ),
+            Decision::Permit(_)
+        ));
+    }
+
+    #[test]
+    fn purpose_rules_are_enforced() {
+        let op = operator();
+        let mut d = doc(1);
+        d.purposes[0]
+            .messages
+            .insert("consent.granted".into(), vec![]);
+        assert!(matches!(
+            open(&sign(&op, &d), op.verifier_key(), &fed()),
+            Err(ManifestError::Invalid(m)) if m.contains("consent rules")
+        ));
+        let mut d = doc(1);
+        d.purposes[0]
+            .messages
+            .insert("activity-summary".into(), vec!["Fri Tekst".into()]);
+        assert!(open(&sign(&op, &d), op.verifier_key(), &fed()).is_err());
+        let mut d = doc(1);
+        d.purposes.push(d.purposes[0].clone());
+        assert!(matches!(
+            open(&sign(&op, &d), op.verifier_key(), &fed()),
+            Err(ManifestError::Invalid(m)) if m.contains("twice")
+        ));
+        let mut d = doc(1);
+        d.purposes[0].direction = "sideways".into();
+        assert!(open(&sign(&op, &d), op.verifier_key(), &fed()).is_err());
     }
 
     #[test]

@@ -418,6 +418,8 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
         issued_at: now,
         expires_at: now + Duration::days(365),
         members,
+        purposes: crate::manifest::starter_purposes()
+            .map_err(|e| PkiError::Invalid(e.to_string()))?,
     };
     let json = serde_json::to_string_pretty(&doc).map_err(|e| PkiError::Invalid(e.to_string()))?;
     let manifest_path = fed_dir.join("manifest.note");

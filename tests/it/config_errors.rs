@@ -60,6 +60,7 @@ fn a_valid_generated_config_passes_check() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("ok: manifest serial 1"), "{stdout}");
+    assert!(stdout.contains("and 3 purposes"), "{stdout}");
 }
 
 #[test]
