@@ -6,6 +6,7 @@
 pub mod api;
 pub mod audit;
 pub mod audited;
+pub mod boundary;
 pub mod cli;
 pub mod config;
 pub mod cpr;
@@ -18,6 +19,9 @@ pub mod node;
 pub mod pki;
 pub mod policy;
 pub mod problem;
+pub mod schema;
 pub mod signed_note;
 pub mod storage;
+pub mod strict_json;
+pub mod wire;
 pub mod write_path;

@@ -16,3 +16,4 @@ mod policy_props;
 mod storage;
 mod tidy;
 mod tlog_tiles_crosscheck;
+mod wire_goldens;

@@ -1,0 +1,99 @@
+//! Admission of an envelope's bytes: size, strict JSON, the CPR guard, the schema, and the
+//! conversion to wire types (the part of DESIGN §5 step 3 that needs no database).
+//!
+//! The order matters and is fixed: a CPR number is refused as `cpr-detected` before the schema
+//! could call it merely invalid, and nothing downstream ever sees a document that a stricter or
+//! laxer parser would read differently. Identity, replay and the policy decision wrap around
+//! this when envelopes are exchanged.
+
+use crate::cpr;
+use crate::schema::Schemas;
+use crate::strict_json;
+use crate::wire::EnvelopeV1;
+use serde_json::Value;
+
+/// The largest envelope a node reads.
+pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// Body fields that hold identifiers (UUIDs): they are not scanned for CPR numbers, since an
+/// identifier can contain a date-like run of digits; the schema constrains them instead.
+const ID_FIELDS: [&str; 1] = ["in_reply_to"];
+
+/// A refusal with its stable reason code and, where one value is at fault, its JSON pointer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub pointer: Option<String>,
+    /// Safe to show to the sender: it repeats nothing of the document's content.
+    pub detail: String,
+}
+
+impl Refusal {
+    fn new(reason: &'static str, pointer: Option<String>, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            pointer,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Escapes one JSON pointer reference token (RFC 6901).
+fn token(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// The pointer of the first string (key or value) in `value` that holds a CPR number.
+fn find_cpr(value: &Value, pointer: &str) -> Option<String> {
+    match value {
+        Value::String(text) => cpr::contains_cpr(text).then(|| pointer.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| find_cpr(item, &format!("{pointer}/{i}"))),
+        Value::Object(map) => map.iter().find_map(|(key, item)| {
+            let here = format!("{pointer}/{}", token(key));
+            if cpr::contains_cpr(key) {
+                return Some(here);
+            }
+            if ID_FIELDS.contains(&key.as_str()) {
+                return None;
+            }
+            find_cpr(item, &here)
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
+/// Checks an envelope's bytes and returns it as wire types, or the first refusal.
+pub fn check_document(bytes: &[u8], schemas: &Schemas) -> Result<EnvelopeV1, Refusal> {
+    if bytes.len() > MAX_ENVELOPE_BYTES {
+        return Err(Refusal::new(
+            "body-too-large",
+            None,
+            format!("an envelope may have at most {MAX_ENVELOPE_BYTES} bytes"),
+        ));
+    }
+    let document = strict_json::parse(bytes).map_err(|e| {
+        Refusal::new(
+            "malformed-json",
+            None,
+            format!("not a single JSON document: {e}"),
+        )
+    })?;
+    if let Some(pointer) = document
+        .get("body")
+        .and_then(|body| find_cpr(body, "/body"))
+    {
+        return Err(Refusal::new(
+            "cpr-detected",
+            Some(pointer),
+            "a value looks like a CPR number; CPR numbers never cross the boundary",
+        ));
+    }
+    schemas
+        .validate_envelope(&document)
+        .map_err(|v| Refusal::new("schema-invalid", Some(v.pointer), v.message))?;
+    EnvelopeV1::from_value(document)
+        .map_err(|e| Refusal::new("schema-invalid", None, e.to_string()))
+}

@@ -1,0 +1,113 @@
+//! The JSON Schemas of `schemas/v1/`, compiled once, and validation of an envelope and its body.
+//!
+//! The schemas are embedded in the binary, so what the repository documents is what the node
+//! enforces. A failure names the JSON pointer of the offending value.
+
+use jsonschema::Validator;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The schema files, by message type (the envelope under `envelope`).
+const SCHEMAS: [(&str, &str); 7] = [
+    (
+        "envelope",
+        include_str!("../schemas/v1/envelope.schema.json"),
+    ),
+    (
+        "activity-summary",
+        include_str!("../schemas/v1/activity-summary.schema.json"),
+    ),
+    (
+        "referral",
+        include_str!("../schemas/v1/referral.schema.json"),
+    ),
+    (
+        "referral-response",
+        include_str!("../schemas/v1/referral-response.schema.json"),
+    ),
+    (
+        "consent.granted",
+        include_str!("../schemas/v1/consent.granted.schema.json"),
+    ),
+    (
+        "consent.withdrawn",
+        include_str!("../schemas/v1/consent.withdrawn.schema.json"),
+    ),
+    ("ack", include_str!("../schemas/v1/ack.schema.json")),
+];
+
+/// Why a document does not match its schema.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{pointer}: {message}")]
+pub struct SchemaViolation {
+    /// JSON pointer into the envelope, e.g. `/body/programme`.
+    pub pointer: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("schema `{name}` does not compile: {message}")]
+pub struct SchemaCompileError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+/// The compiled v1 schemas.
+pub struct Schemas {
+    envelope: Validator,
+    bodies: BTreeMap<&'static str, Validator>,
+}
+
+impl Schemas {
+    pub fn compile() -> Result<Self, SchemaCompileError> {
+        let mut envelope = None;
+        let mut bodies = BTreeMap::new();
+        for (name, text) in SCHEMAS {
+            let fail = |message: String| SchemaCompileError { name, message };
+            let value: Value = serde_json::from_str(text).map_err(|e| fail(e.to_string()))?;
+            let validator =
+                jsonschema::draft202012::new(&value).map_err(|e| fail(e.to_string()))?;
+            if name == "envelope" {
+                envelope = Some(validator);
+            } else {
+                bodies.insert(name, validator);
+            }
+        }
+        let envelope = envelope.ok_or(SchemaCompileError {
+            name: "envelope",
+            message: "missing".into(),
+        })?;
+        Ok(Self { envelope, bodies })
+    }
+
+    /// Validates an envelope and then its body against the schema of its type.
+    pub fn validate_envelope(&self, envelope: &Value) -> Result<(), SchemaViolation> {
+        first_violation(&self.envelope, envelope, "")?;
+        let message_type = envelope
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let body = envelope.get("body").unwrap_or(&Value::Null);
+        match self.bodies.get(message_type) {
+            Some(validator) => first_violation(validator, body, "/body"),
+            None => Err(SchemaViolation {
+                pointer: "/type".into(),
+                message: format!("`{message_type}` is not a v1 message type"),
+            }),
+        }
+    }
+}
+
+fn first_violation(
+    validator: &Validator,
+    instance: &Value,
+    prefix: &str,
+) -> Result<(), SchemaViolation> {
+    match validator.iter_errors(instance).next() {
+        None => Ok(()),
+        Some(error) => Err(SchemaViolation {
+            pointer: format!("{prefix}{}", error.instance_path()),
+            message: error.to_string(),
+        }),
+    }
+}
