@@ -15,8 +15,8 @@ use serde_json::Value;
 /// The largest envelope a node reads.
 pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
 
-/// Body fields that hold identifiers (UUIDs): they are not scanned for CPR numbers, since an
-/// identifier can contain a date-like run of digits; the schema constrains them instead.
+/// Top-level body fields that hold identifiers (UUIDs): they are not scanned for CPR numbers,
+/// since an identifier can contain a date-like run of digits; the schema constrains them instead.
 const ID_FIELDS: [&str; 1] = ["in_reply_to"];
 
 /// A refusal with its stable reason code and, where one value is at fault, its JSON pointer.
@@ -56,7 +56,7 @@ fn find_cpr(value: &Value, pointer: &str) -> Option<String> {
             if cpr::contains_cpr(key) {
                 return Some(here);
             }
-            if ID_FIELDS.contains(&key.as_str()) {
+            if pointer == "/body" && ID_FIELDS.contains(&key.as_str()) {
                 return None;
             }
             find_cpr(item, &here)
@@ -74,11 +74,17 @@ pub fn check_document(bytes: &[u8], schemas: &Schemas) -> Result<EnvelopeV1, Ref
             format!("an envelope may have at most {MAX_ENVELOPE_BYTES} bytes"),
         ));
     }
+    // Details name where, never what: a refused document may hold exactly what must not spread.
     let document = strict_json::parse(bytes).map_err(|e| {
         Refusal::new(
             "malformed-json",
             None,
-            format!("not a single JSON document: {e}"),
+            format!(
+                "not a single strict JSON document (line {}, column {}): {}",
+                e.line(),
+                e.column(),
+                strict_json::describe(&e)
+            ),
         )
     })?;
     if let Some(pointer) = document
@@ -91,9 +97,21 @@ pub fn check_document(bytes: &[u8], schemas: &Schemas) -> Result<EnvelopeV1, Ref
             "a value looks like a CPR number; CPR numbers never cross the boundary",
         ));
     }
-    schemas
-        .validate_envelope(&document)
-        .map_err(|v| Refusal::new("schema-invalid", Some(v.pointer), v.message))?;
-    EnvelopeV1::from_value(document)
-        .map_err(|e| Refusal::new("schema-invalid", None, e.to_string()))
+    schemas.validate_envelope(&document).map_err(|v| {
+        Refusal::new(
+            "schema-invalid",
+            Some(v.pointer),
+            format!(
+                "the value does not satisfy the schema's `{}` rule",
+                v.keyword
+            ),
+        )
+    })?;
+    EnvelopeV1::from_value(document).map_err(|_| {
+        Refusal::new(
+            "schema-invalid",
+            None,
+            "the document does not fit the v1 wire types",
+        )
+    })
 }

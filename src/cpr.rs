@@ -1,8 +1,9 @@
 //! The CPR guard: finds a Danish CPR number (personnummer) in a string, so that a body carrying
 //! one is refused as `cpr-detected` before anything else looks at it.
 //!
-//! A CPR number is `DDMMYY-XXXX`, or ten digits, whose first six digits are a valid day and
-//! month; either form must be bounded by non-digits. The caller decides which strings to scan:
+//! A CPR number is `DDMMYY-XXXX` (the separator may also be a space, a slash, a dot or a
+//! Unicode dash), or ten digits, whose first six digits are a valid day and month; either form
+//! must be bounded by non-digits. The caller decides which strings to scan:
 //! identifiers (UUIDs, hex ids) are not scanned. Pure: no I/O.
 
 /// The number of days a month can have (February counts 29: some century makes any YY a leap
@@ -33,6 +34,12 @@ fn is_date(digits: &[u8]) -> bool {
     days_in_month(month).is_some_and(|days| (1..=days).contains(&day))
 }
 
+/// What may stand between the date and the serial: hyphen, space, slash, dot, and the Unicode
+/// dashes a word processor substitutes (non-breaking hyphen, en dash, em dash, minus sign).
+const SEPARATORS: [char; 8] = [
+    '-', ' ', '/', '.', '\u{2011}', '\u{2013}', '\u{2014}', '\u{2212}',
+];
+
 /// `true` if `text` contains a CPR-shaped number.
 pub fn contains_cpr(text: &str) -> bool {
     let bytes = text.as_bytes();
@@ -54,9 +61,13 @@ pub fn contains_cpr(text: &str) -> bool {
         if run == 10 && is_date(digits) {
             return true;
         }
-        if run == 6 && bytes.get(i + 6) == Some(&b'-') {
+        if run == 6
+            && let Some(separator) = text.get(i + 6..).and_then(|rest| rest.chars().next())
+            && SEPARATORS.contains(&separator)
+        {
+            let after = i + 6 + separator.len_utf8();
             let tail = bytes
-                .get(i + 7..)
+                .get(after..)
                 .unwrap_or_default()
                 .iter()
                 .take_while(|b| b.is_ascii_digit())
@@ -84,6 +95,11 @@ mod tests {
             "x0101000000y",
             "290200-0000",
             "310100-0000",
+            "010100 0000",
+            "010100/0000",
+            "010100.0000",
+            "010100\u{2013}0000",
+            "010100\u{2011}0000",
         ] {
             assert!(contains_cpr(text), "{text}");
         }

@@ -381,6 +381,16 @@ impl MessageType {
         }
     }
 
+    /// Which way a data message type travels: `true` from an NGO to a public authority,
+    /// `false` the other way; `None` for consent bookkeeping, which goes both ways.
+    pub fn from_ngo(self) -> Option<bool> {
+        match self {
+            MessageType::ActivitySummary | MessageType::ReferralResponse => Some(true),
+            MessageType::Referral => Some(false),
+            MessageType::ConsentGranted | MessageType::ConsentWithdrawn | MessageType::Ack => None,
+        }
+    }
+
     /// Data about a child (as opposed to consent bookkeeping): these need a purpose's permit.
     pub fn carries_child_data(self) -> bool {
         matches!(

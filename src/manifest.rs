@@ -376,6 +376,17 @@ fn parse_purpose(doc: PurposeDocV1) -> Result<(Purpose, PurposeRule), ManifestEr
                 &format!("`{message_type}` follows the consent rules, not a purpose's"),
             ));
         }
+        let type_fits_flow = match (flow, message_type.from_ngo()) {
+            (Flow::Both, _) | (_, None) => true,
+            (Flow::NgoToMunicipality, Some(from_ngo)) => from_ngo,
+            (Flow::MunicipalityToNgo, Some(from_ngo)) => !from_ngo,
+        };
+        if !type_fits_flow {
+            return Err(ctx(
+                "messages",
+                &format!("`{message_type}` does not travel in this purpose's direction"),
+            ));
+        }
         let mut set = BTreeSet::new();
         for field in fields {
             if !is_field_name(&field) {
@@ -651,8 +662,10 @@ mod tests {
         let ngo: OrgId = "red-barnet".parse().unwrap();
         let kommune: OrgId = "herning-kommune".parse().unwrap();
         let consent_id: ConsentId = "0192f0a4-7b1c-7def-8a00-1234567890ab".parse().unwrap();
+        let child: crate::domain::SubjectRef = "5e1f0c2a9d4b47e8a3c6b0d2e4f61a7b".parse().unwrap();
         let consent = ConsentFacts {
             id: consent_id.clone(),
+            subject: child,
             recording_org: kommune.clone(),
             counterpart: ngo.clone(),
             purposes: BTreeSet::from([attendance.clone()]),
@@ -674,6 +687,7 @@ mod tests {
             recipient_kind: OrgKind::Municipality,
             purpose: &attendance,
             consent: &consent_id,
+            subject: &child,
             body_fields: &fields,
         };
         assert!(matches!(

@@ -9,14 +9,17 @@
 //! 1. the purpose (id and version) is in the catalogue;
 //! 2. it is active;
 //! 3. it allows this message type;
-//! 4. it allows this direction (NGO to public authority, or the reverse);
+//! 4. it allows this direction (NGO to public authority, or the reverse), and so does the
+//!    message type itself (a summary goes to the municipality, a referral to the NGO);
 //! 5. it allows every field of the body (the first other field is named);
-//! 6. the consent exists;
-//! 7. its status permits processing (given or renewed), and now is inside its validity;
+//! 6. the consent exists, and is the consent of this child (its pairwise subject reference);
+//! 7. its status permits processing (given or renewed): otherwise `consent-not-active`, or
+//!    `consent-expired` for an expired one; now must be inside its validity (from `valid_from`
+//!    inclusive to `valid_until` exclusive: before is not active, after is expired);
 //! 8. it names exactly the sender and the recipient as its two parties;
 //! 9. it names this purpose version.
 
-use crate::domain::{ConsentId, MessageType, OrgId, OrgKind, PurposeRef};
+use crate::domain::{ConsentId, MessageType, OrgId, OrgKind, PurposeRef, SubjectRef};
 use std::collections::{BTreeMap, BTreeSet};
 use time::OffsetDateTime;
 
@@ -85,13 +88,18 @@ impl ConsentStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentFacts {
     pub id: ConsentId,
+    /// The pairwise reference of the child the consent is about.
+    pub subject: SubjectRef,
     /// The organisation that recorded the consent.
     pub recording_org: OrgId,
     /// The other party of the pairwise consent.
     pub counterpart: OrgId,
     pub purposes: BTreeSet<PurposeRef>,
     pub status: ConsentStatus,
+    /// The first instant the consent is valid (inclusive).
     pub valid_from: OffsetDateTime,
+    /// The first instant it is no longer valid (exclusive). A consent form's last day D becomes
+    /// D+1 00:00 local time when the record is parsed, so the whole last day counts.
     pub valid_until: OffsetDateTime,
 }
 
@@ -105,7 +113,10 @@ pub struct Exchange<'a> {
     pub recipient_kind: OrgKind,
     pub purpose: &'a PurposeRef,
     pub consent: &'a ConsentId,
-    /// The names of the body's top-level fields, in document order.
+    /// The child the message is about.
+    pub subject: &'a SubjectRef,
+    /// The names of the body's top-level fields, in the order given (the first field not
+    /// allowed is the one named).
     pub body_fields: &'a [&'a str],
 }
 
@@ -118,6 +129,7 @@ pub enum DenyReason {
     DirectionNotAllowed,
     FieldNotAllowed,
     ConsentUnknown,
+    SubjectNotInConsent,
     ConsentNotActive,
     ConsentExpired,
     PartyNotInConsent,
@@ -125,13 +137,14 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 10] = [
+    pub const ALL: [DenyReason; 11] = [
         DenyReason::PurposeUnknown,
         DenyReason::PurposeInactive,
         DenyReason::TypeNotAllowed,
         DenyReason::DirectionNotAllowed,
         DenyReason::FieldNotAllowed,
         DenyReason::ConsentUnknown,
+        DenyReason::SubjectNotInConsent,
         DenyReason::ConsentNotActive,
         DenyReason::ConsentExpired,
         DenyReason::PartyNotInConsent,
@@ -146,6 +159,7 @@ impl DenyReason {
             DenyReason::DirectionNotAllowed => "direction-not-allowed",
             DenyReason::FieldNotAllowed => "field-not-allowed",
             DenyReason::ConsentUnknown => "consent-unknown",
+            DenyReason::SubjectNotInConsent => "subject-not-in-consent",
             DenyReason::ConsentNotActive => "consent-not-active",
             DenyReason::ConsentExpired => "consent-expired",
             DenyReason::PartyNotInConsent => "party-not-in-consent",
@@ -237,11 +251,13 @@ pub fn decide(
     let Some(allowed) = rule.allowed_fields.get(&exchange.message_type) else {
         return deny(DenyReason::TypeNotAllowed);
     };
-    if !flow_allows(
-        rule.flow,
-        side(exchange.sender_kind),
-        side(exchange.recipient_kind),
-    ) {
+    let (from, to) = (side(exchange.sender_kind), side(exchange.recipient_kind));
+    let type_goes_this_way = match exchange.message_type.from_ngo() {
+        Some(true) => from == Side::Civil && to == Side::Public,
+        Some(false) => from == Side::Public && to == Side::Civil,
+        None => true,
+    };
+    if !flow_allows(rule.flow, from, to) || !type_goes_this_way {
         return deny(DenyReason::DirectionNotAllowed);
     }
     if let Some(field) = exchange
@@ -257,10 +273,20 @@ pub fn decide(
     let Some(consent) = consent.filter(|c| &c.id == exchange.consent) else {
         return deny(DenyReason::ConsentUnknown);
     };
-    if consent.status == ConsentStatus::Expired || now >= consent.valid_until {
+    if &consent.subject != exchange.subject {
+        return deny(DenyReason::SubjectNotInConsent);
+    }
+    // A withdrawn, revoked or invalidated consent says so, even after its end date: the audit
+    // log records why processing stopped, not merely that time ran out.
+    match consent.status {
+        ConsentStatus::Expired => return deny(DenyReason::ConsentExpired),
+        status if !status.permits_processing() => return deny(DenyReason::ConsentNotActive),
+        _ => {}
+    }
+    if now >= consent.valid_until {
         return deny(DenyReason::ConsentExpired);
     }
-    if !consent.status.permits_processing() || now < consent.valid_from {
+    if now < consent.valid_from {
         return deny(DenyReason::ConsentNotActive);
     }
     let parties_match = (&consent.recording_org == exchange.sender
@@ -303,6 +329,7 @@ mod tests {
     fn consent() -> ConsentFacts {
         ConsentFacts {
             id: "0192f0a4-7b1c-7def-8a00-1234567890ab".parse().unwrap(),
+            subject: "5e1f0c2a9d4b47e8a3c6b0d2e4f61a7b".parse().unwrap(),
             recording_org: "herning-kommune".parse().unwrap(),
             counterpart: "red-barnet".parse().unwrap(),
             purposes: BTreeSet::from([purpose()]),
@@ -318,6 +345,8 @@ mod tests {
         let kommune: OrgId = "herning-kommune".parse().unwrap();
         let purpose = purpose();
         let consent_facts = consent();
+        let child = consent_facts.subject;
+        let other_child: SubjectRef = "00000000000000000000000000000001".parse().unwrap();
         let fields = ["month", "sessions_attended"];
         let exchange = Exchange {
             message_type: MessageType::ActivitySummary,
@@ -327,6 +356,7 @@ mod tests {
             recipient_kind: OrgKind::Municipality,
             purpose: &purpose,
             consent: &consent_facts.id,
+            subject: &child,
             body_fields: &fields,
         };
         let now = datetime!(2026-11-22 12:00 UTC);
@@ -373,6 +403,43 @@ mod tests {
         assert_eq!(
             reason(&exchange, &active, None, now),
             Some(DenyReason::ConsentUnknown)
+        );
+        let other = Exchange {
+            subject: &other_child,
+            ..exchange.clone()
+        };
+        assert_eq!(
+            reason(&other, &active, Some(&consent_facts), now),
+            Some(DenyReason::SubjectNotInConsent)
+        );
+        // The validity window: valid_from inclusive, valid_until exclusive.
+        assert!(matches!(
+            decide(
+                &exchange,
+                &active,
+                Some(&consent_facts),
+                consent_facts.valid_from
+            ),
+            Decision::Permit(_)
+        ));
+        let last_instant = consent_facts.valid_until - time::Duration::nanoseconds(1);
+        assert!(matches!(
+            decide(&exchange, &active, Some(&consent_facts), last_instant),
+            Decision::Permit(_)
+        ));
+        // A withdrawal after the end date still reads as a withdrawal.
+        let withdrawn_late = ConsentFacts {
+            status: ConsentStatus::Revoked,
+            ..consent()
+        };
+        assert_eq!(
+            reason(
+                &exchange,
+                &active,
+                Some(&withdrawn_late),
+                datetime!(2028-01-01 00:00 UTC)
+            ),
+            Some(DenyReason::ConsentNotActive)
         );
         assert_eq!(
             reason(

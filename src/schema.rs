@@ -4,6 +4,7 @@
 //! enforces. A failure names the JSON pointer of the offending value.
 
 use jsonschema::Validator;
+use jsonschema::error::ValidationErrorKind;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -40,8 +41,11 @@ const SCHEMAS: [(&str, &str); 7] = [
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{pointer}: {message}")]
 pub struct SchemaViolation {
-    /// JSON pointer into the envelope, e.g. `/body/programme`.
+    /// JSON pointer into the envelope, e.g. `/body/programme`; for an unknown field, the field.
     pub pointer: String,
+    /// The schema keyword that failed, e.g. `enum` or `additionalProperties`.
+    pub keyword: String,
+    /// The validator's message; it may quote the value, so it is for logs, not for peers.
     pub message: String,
 }
 
@@ -92,6 +96,7 @@ impl Schemas {
             Some(validator) => first_violation(validator, body, "/body"),
             None => Err(SchemaViolation {
                 pointer: "/type".into(),
+                keyword: "enum".into(),
                 message: format!("`{message_type}` is not a v1 message type"),
             }),
         }
@@ -105,9 +110,19 @@ fn first_violation(
 ) -> Result<(), SchemaViolation> {
     match validator.iter_errors(instance).next() {
         None => Ok(()),
-        Some(error) => Err(SchemaViolation {
-            pointer: format!("{prefix}{}", error.instance_path()),
-            message: error.to_string(),
-        }),
+        Some(error) => {
+            let mut pointer = format!("{prefix}{}", error.instance_path());
+            // An unknown field is named by its own pointer, not its parent object's.
+            if let ValidationErrorKind::AdditionalProperties { unexpected } = error.kind()
+                && let Some(field) = unexpected.first()
+            {
+                pointer = format!("{pointer}/{}", field.replace('~', "~0").replace('/', "~1"));
+            }
+            Err(SchemaViolation {
+                pointer,
+                keyword: error.kind().keyword().to_owned(),
+                message: error.to_string(),
+            })
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! is active, and allows this type, this direction and these fields; the consent exists, is
 //! valid now, names both parties and this purpose version.
 
-use brobygger::domain::{ConsentId, MessageType, OrgId, OrgKind, PurposeRef};
+use brobygger::domain::{ConsentId, MessageType, OrgId, OrgKind, PurposeRef, SubjectRef};
 use brobygger::policy::{
     Catalogue, ConsentFacts, ConsentStatus, Decision, DenyReason, Exchange, Flow, PurposeRule,
     PurposeStatus, decide,
@@ -29,6 +29,10 @@ const DATA_TYPES: [MessageType; 3] = [
     MessageType::ActivitySummary,
     MessageType::Referral,
     MessageType::ReferralResponse,
+];
+const SUBJECTS: [&str; 2] = [
+    "5e1f0c2a9d4b47e8a3c6b0d2e4f61a7b",
+    "00000000000000000000000000000001",
 ];
 const CONSENT_IDS: [&str; 2] = [
     "0192f0a4-7b1c-7def-8a00-000000000001",
@@ -63,8 +67,22 @@ struct World {
     recipient: usize,
     purpose: PurposeRef,
     consent_id: ConsentId,
+    subject: SubjectRef,
     fields: Vec<&'static str>,
     now: OffsetDateTime,
+}
+
+fn subject(i: usize) -> SubjectRef {
+    SUBJECTS[i].parse().unwrap()
+}
+
+/// An offset from now: mostly whole days, sometimes a second either side of now, so that the
+/// validity boundaries themselves are exercised.
+fn offset() -> impl Strategy<Value = time::Duration> {
+    prop_oneof![
+        3 => (-400i64..400).prop_map(time::Duration::days),
+        1 => (-1i64..=1).prop_map(time::Duration::seconds),
+    ]
 }
 
 fn flow() -> impl Strategy<Value = Flow> {
@@ -115,23 +133,22 @@ fn rule() -> impl Strategy<Value = PurposeRule> {
 
 fn consent() -> impl Strategy<Value = ConsentFacts> {
     (
-        0..2usize,
-        0..4usize,
-        0..4usize,
+        (0..2usize, 0..2usize, 0..4usize, 0..4usize),
         prop::collection::btree_set((0..2usize, 1..3u32), 0..=3),
         status(),
-        -400i64..400,
-        -400i64..400,
+        offset(),
+        offset(),
     )
         .prop_map(
-            |(id, a, b, purposes, status, from_days, length_days)| ConsentFacts {
+            |((id, child, a, b), purposes, status, from, until)| ConsentFacts {
                 id: CONSENT_IDS[id].parse().unwrap(),
+                subject: subject(child),
                 recording_org: org(a),
                 counterpart: org(b),
                 purposes: purposes.into_iter().map(|(p, v)| purpose(p, v)).collect(),
                 status,
-                valid_from: now() + time::Duration::days(from_days),
-                valid_until: now() + time::Duration::days(from_days + length_days),
+                valid_from: now() + from,
+                valid_until: now() + until,
             },
         )
 }
@@ -140,6 +157,7 @@ fn consent() -> impl Strategy<Value = ConsentFacts> {
 /// generated worlds reach every rule (and permits), not only the first checks.
 #[derive(Debug, Clone)]
 struct Choices {
+    same_child: bool,
     rule_for_purpose: bool,
     type_allowed: bool,
     fields_allowed: bool,
@@ -153,16 +171,24 @@ fn likely() -> impl Strategy<Value = bool> {
 }
 
 fn world() -> impl Strategy<Value = World> {
-    let choices = (likely(), likely(), likely(), likely(), likely(), likely()).prop_map(
-        |(a, b, c, d, e, f)| Choices {
+    let choices = (
+        likely(),
+        likely(),
+        likely(),
+        likely(),
+        likely(),
+        likely(),
+        likely(),
+    )
+        .prop_map(|(a, b, c, d, e, f, g)| Choices {
+            same_child: g,
             rule_for_purpose: a,
             type_allowed: b,
             fields_allowed: c,
             consent_matches_id: d,
             consent_names_parties: e,
             consent_names_purpose: f,
-        },
-    );
+        });
     (
         (
             prop::collection::vec(rule(), 0..=3),
@@ -196,7 +222,11 @@ fn world() -> impl Strategy<Value = World> {
                     }
                 }
                 rules.push(main_rule);
+                let child = subject(c);
                 if let Some(consent) = consent.as_mut() {
+                    if choices.same_child {
+                        consent.subject = child;
+                    }
                     if choices.consent_matches_id {
                         consent.id = consent_id.clone();
                     }
@@ -221,6 +251,7 @@ fn world() -> impl Strategy<Value = World> {
                     recipient,
                     purpose,
                     consent_id,
+                    subject: child,
                     fields,
                     now: now() + time::Duration::seconds(skew),
                 }
@@ -240,6 +271,12 @@ fn oracle(w: &World) -> Option<DenyReason> {
     let public = |i: usize| ORGS[i].1 != OrgKind::Ngo;
     let ngo_to_public = !public(w.sender) && public(w.recipient);
     let public_to_ngo = public(w.sender) && !public(w.recipient);
+    // Summaries and responses go from the NGO; referrals go to it.
+    let type_way = match w.message_type {
+        MessageType::ActivitySummary | MessageType::ReferralResponse => ngo_to_public,
+        MessageType::Referral => public_to_ngo,
+        _ => true,
+    };
     let consent = w.consent.as_ref().filter(|c| c.id == w.consent_id);
     let checks: Vec<(bool, DenyReason)> = vec![
         (rule.is_some(), DenyReason::PurposeUnknown),
@@ -252,11 +289,12 @@ fn oracle(w: &World) -> Option<DenyReason> {
             DenyReason::TypeNotAllowed,
         ),
         (
-            rule.is_some_and(|r| match r.flow {
-                Flow::NgoToMunicipality => ngo_to_public,
-                Flow::MunicipalityToNgo => public_to_ngo,
-                Flow::Both => ngo_to_public || public_to_ngo,
-            }),
+            type_way
+                && rule.is_some_and(|r| match r.flow {
+                    Flow::NgoToMunicipality => ngo_to_public,
+                    Flow::MunicipalityToNgo => public_to_ngo,
+                    Flow::Both => ngo_to_public || public_to_ngo,
+                }),
             DenyReason::DirectionNotAllowed,
         ),
         (
@@ -266,14 +304,27 @@ fn oracle(w: &World) -> Option<DenyReason> {
         ),
         (consent.is_some(), DenyReason::ConsentUnknown),
         (
-            consent.is_some_and(|c| c.status != ConsentStatus::Expired && w.now < c.valid_until),
+            consent.is_some_and(|c| c.subject == w.subject),
+            DenyReason::SubjectNotInConsent,
+        ),
+        // An ending event speaks first: expired is expired, any other ending is not active.
+        (
+            consent.is_some_and(|c| c.status != ConsentStatus::Expired),
             DenyReason::ConsentExpired,
         ),
         (
             consent.is_some_and(|c| {
-                matches!(c.status, ConsentStatus::Given | ConsentStatus::Renewed)
-                    && w.now >= c.valid_from
+                c.status == ConsentStatus::Given || c.status == ConsentStatus::Renewed
             }),
+            DenyReason::ConsentNotActive,
+        ),
+        // Then the window: from valid_from (inclusive) until valid_until (exclusive).
+        (
+            consent.is_some_and(|c| w.now < c.valid_until),
+            DenyReason::ConsentExpired,
+        ),
+        (
+            consent.is_some_and(|c| c.valid_from <= w.now),
             DenyReason::ConsentNotActive,
         ),
         (
@@ -300,6 +351,7 @@ fn run(w: &World) -> Decision {
     let recipient = org(w.recipient);
     let catalogue = Catalogue::new(w.rules.clone());
     let exchange = Exchange {
+        subject: &w.subject,
         message_type: w.message_type,
         sender: &sender,
         sender_kind: ORGS[w.sender].1,
@@ -330,6 +382,7 @@ fn permitted() -> World {
         }],
         consent: Some(ConsentFacts {
             id: CONSENT_IDS[0].parse().unwrap(),
+            subject: subject(0),
             recording_org: org(0),
             counterpart: org(2),
             purposes: BTreeSet::from([p.clone()]),
@@ -342,6 +395,7 @@ fn permitted() -> World {
         recipient: 0,
         purpose: p,
         consent_id: CONSENT_IDS[0].parse().unwrap(),
+        subject: subject(0),
         fields: vec!["month", "sessions_attended"],
         now: now(),
     }
@@ -358,6 +412,7 @@ fn break_one(reason: DenyReason) -> World {
         DenyReason::DirectionNotAllowed => w.rules[0].flow = Flow::MunicipalityToNgo,
         DenyReason::FieldNotAllowed => w.fields.push("next_step"),
         DenyReason::ConsentUnknown => w.consent_id = CONSENT_IDS[1].parse().unwrap(),
+        DenyReason::SubjectNotInConsent => w.subject = subject(1),
         DenyReason::ConsentNotActive => consent.status = ConsentStatus::WithdrawnBySubject,
         DenyReason::ConsentExpired => consent.valid_until = now(),
         DenyReason::PartyNotInConsent => consent.counterpart = org(1),

@@ -72,11 +72,17 @@ fn an_unknown_field_free_text_a_duplicated_key_and_a_cpr_number_each_fail_with_t
     // An unknown field in the body.
     let mut doc = golden("activity-summary.json");
     doc["body"]["notes"] = json!("continue");
-    assert_eq!(check(&doc), Err(("schema-invalid", Some("/body".into()))));
+    assert_eq!(
+        check(&doc),
+        Err(("schema-invalid", Some("/body/notes".into())))
+    );
     // An unknown field in the envelope.
     let mut doc = golden("activity-summary.json");
     doc["priority"] = json!("high");
-    assert_eq!(check(&doc), Err(("schema-invalid", Some("".into()))));
+    assert_eq!(
+        check(&doc),
+        Err(("schema-invalid", Some("/priority".into())))
+    );
     // Free text where an enumeration belongs.
     let mut doc = golden("activity-summary.json");
     doc["body"]["programme"] = json!("Hjemmebesøg hos familien");
@@ -95,9 +101,39 @@ fn an_unknown_field_free_text_a_duplicated_key_and_a_cpr_number_each_fail_with_t
     let refusal = check_document(text.as_bytes(), &schemas).unwrap_err();
     assert_eq!(refusal.reason, "malformed-json");
     assert!(
-        refusal.detail.contains("`month` appears twice"),
+        refusal.detail.contains("a key appears twice"),
         "{}",
         refusal.detail
+    );
+    assert!(
+        !refusal.detail.contains("month"),
+        "details never repeat content"
+    );
+    // Free text is refused without being repeated back.
+    let mut doc = golden("activity-summary.json");
+    doc["body"]["programme"] = json!("Hjemmebesøg hos familien");
+    let refusal = check_document(&serde_json::to_vec(&doc).unwrap(), &schemas).unwrap_err();
+    assert!(
+        !refusal.detail.contains("Hjemmebesøg"),
+        "{}",
+        refusal.detail
+    );
+    // A whole number written as a fraction does not slip past as an integer.
+    let text = String::from_utf8(serde_json::to_vec(&golden("activity-summary.json")).unwrap())
+        .unwrap()
+        .replace(r#""sessions_offered":8"#, r#""sessions_offered":8.0"#);
+    assert_eq!(
+        check_document(text.as_bytes(), &schemas)
+            .unwrap_err()
+            .reason,
+        "malformed-json"
+    );
+    // An identifier's name deeper in the body is scanned like any other field.
+    let mut doc = golden("activity-summary.json");
+    doc["body"]["extra"] = json!({"in_reply_to": "010100-0000"});
+    assert_eq!(
+        check(&doc),
+        Err(("cpr-detected", Some("/body/extra/in_reply_to".into())))
     );
     // A CPR-shaped value (an obviously fake one) is refused before the schema looks.
     let mut doc = golden("activity-summary.json");
