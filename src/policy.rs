@@ -198,29 +198,46 @@ impl Decision {
     }
 }
 
-/// Which side of the federation an organisation is on, for the direction rule.
+/// Which way an exchange goes between the two sides of the federation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    /// Municipalities and regions: public authorities.
-    Public,
-    /// NGOs: civil society.
-    Civil,
+enum Way {
+    /// From an NGO to a public authority (municipality or region).
+    FromNgo,
+    /// From a public authority to an NGO.
+    ToNgo,
+    /// Between two public authorities or two NGOs: not what v1 purposes cover.
+    Lateral,
 }
 
-fn side(kind: OrgKind) -> Side {
+fn is_public(kind: OrgKind) -> bool {
     match kind {
-        OrgKind::Municipality | OrgKind::Region => Side::Public,
-        OrgKind::Ngo => Side::Civil,
+        OrgKind::Municipality | OrgKind::Region => true,
+        OrgKind::Ngo => false,
     }
 }
 
-fn flow_allows(flow: Flow, from: Side, to: Side) -> bool {
-    match (from, to) {
-        (Side::Civil, Side::Public) => matches!(flow, Flow::NgoToMunicipality | Flow::Both),
-        (Side::Public, Side::Civil) => matches!(flow, Flow::MunicipalityToNgo | Flow::Both),
-        // Exchanges between two public authorities or two NGOs are not what v1 purposes cover.
-        (Side::Public, Side::Public) | (Side::Civil, Side::Civil) => false,
+fn way(from: OrgKind, to: OrgKind) -> Way {
+    match (is_public(from), is_public(to)) {
+        (false, true) => Way::FromNgo,
+        (true, false) => Way::ToNgo,
+        (true, true) | (false, false) => Way::Lateral,
     }
+}
+
+/// Whether both the purpose's flow and the message type's own direction allow this way.
+fn direction_allowed(flow: Flow, message_type: MessageType, way: Way) -> bool {
+    let purpose_allows = matches!(
+        (flow, way),
+        (Flow::NgoToMunicipality | Flow::Both, Way::FromNgo)
+            | (Flow::MunicipalityToNgo | Flow::Both, Way::ToNgo)
+    );
+    let type_allows = match message_type.from_ngo() {
+        Some(true) => way == Way::FromNgo,
+        Some(false) => way == Way::ToNgo,
+        // Consent bookkeeping follows its own rules and is never permitted by a purpose.
+        None => false,
+    };
+    purpose_allows && type_allows
 }
 
 /// Escapes a field name as one JSON pointer reference token (RFC 6901).
@@ -251,13 +268,8 @@ pub fn decide(
     let Some(allowed) = rule.allowed_fields.get(&exchange.message_type) else {
         return deny(DenyReason::TypeNotAllowed);
     };
-    let (from, to) = (side(exchange.sender_kind), side(exchange.recipient_kind));
-    let type_goes_this_way = match exchange.message_type.from_ngo() {
-        Some(true) => from == Side::Civil && to == Side::Public,
-        Some(false) => from == Side::Public && to == Side::Civil,
-        None => true,
-    };
-    if !flow_allows(rule.flow, from, to) || !type_goes_this_way {
+    let way = way(exchange.sender_kind, exchange.recipient_kind);
+    if !direction_allowed(rule.flow, exchange.message_type, way) {
         return deny(DenyReason::DirectionNotAllowed);
     }
     if let Some(field) = exchange

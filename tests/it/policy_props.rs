@@ -25,11 +25,6 @@ const FIELDS: [&str; 5] = [
     "sessions_attended",
     "next_step",
 ];
-const DATA_TYPES: [MessageType; 3] = [
-    MessageType::ActivitySummary,
-    MessageType::Referral,
-    MessageType::ReferralResponse,
-];
 const SUBJECTS: [&str; 2] = [
     "5e1f0c2a9d4b47e8a3c6b0d2e4f61a7b",
     "00000000000000000000000000000001",
@@ -110,8 +105,10 @@ fn rule() -> impl Strategy<Value = PurposeRule> {
         1..3u32,
         prop::bool::weighted(0.85),
         flow(),
+        // All types, consent bookkeeping included: a catalogue refuses those, but the decision
+        // must not rely on that.
         prop::collection::btree_map(
-            prop::sample::select(DATA_TYPES.to_vec()),
+            prop::sample::select(MessageType::ALL.to_vec()),
             prop::collection::btree_set(prop::sample::select(FIELDS.to_vec()), 0..=5),
             0..=3,
         ),
@@ -275,7 +272,8 @@ fn oracle(w: &World) -> Option<DenyReason> {
     let type_way = match w.message_type {
         MessageType::ActivitySummary | MessageType::ReferralResponse => ngo_to_public,
         MessageType::Referral => public_to_ngo,
-        _ => true,
+        // Consent messages are never data under a purpose.
+        MessageType::ConsentGranted | MessageType::ConsentWithdrawn | MessageType::Ack => false,
     };
     let consent = w.consent.as_ref().filter(|c| c.id == w.consent_id);
     let checks: Vec<(bool, DenyReason)> = vec![
