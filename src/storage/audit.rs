@@ -94,18 +94,11 @@ impl Database {
 impl WriteTx {
     /// The tree as committed so far (empty if nothing was ever appended).
     pub async fn audit_tree(&mut self) -> Result<StoredTree, StorageError> {
-        let row: Option<(i64, Vec<u8>, Vec<u8>)> = match self {
-            WriteTx::Sqlite(tx) => {
-                sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
-                    .fetch_optional(&mut **tx)
-                    .await?
-            }
-            WriteTx::Postgres(tx) => {
-                sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
-                    .fetch_optional(&mut **tx)
-                    .await?
-            }
-        };
+        let row: Option<(i64, Vec<u8>, Vec<u8>)> = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
+                .fetch_optional(&mut **tx)
+                .await?
+        });
         match row {
             Some((size, frontier, root)) => decode_tree(size, &frontier, &root),
             None => {
@@ -184,40 +177,22 @@ impl WriteTx {
                       frontier = excluded.frontier, root = excluded.root, \
                       checkpoint = excluded.checkpoint";
         let checkpoint = "INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2)";
-        match self {
-            WriteTx::Sqlite(tx) => {
-                sqlx::query(upsert)
+        on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query(upsert)
+                .bind(size)
+                .bind(frontier)
+                .bind(root)
+                .bind(checkpoint_note)
+                .execute(&mut **tx)
+                .await?;
+            if keep_history {
+                sqlx::query(checkpoint)
                     .bind(size)
-                    .bind(frontier)
-                    .bind(root)
                     .bind(checkpoint_note)
                     .execute(&mut **tx)
                     .await?;
-                if keep_history {
-                    sqlx::query(checkpoint)
-                        .bind(size)
-                        .bind(checkpoint_note)
-                        .execute(&mut **tx)
-                        .await?;
-                }
             }
-            WriteTx::Postgres(tx) => {
-                sqlx::query(upsert)
-                    .bind(size)
-                    .bind(frontier)
-                    .bind(root)
-                    .bind(checkpoint_note)
-                    .execute(&mut **tx)
-                    .await?;
-                if keep_history {
-                    sqlx::query(checkpoint)
-                        .bind(size)
-                        .bind(checkpoint_note)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-            }
-        }
+        });
         Ok(())
     }
 
@@ -233,18 +208,11 @@ impl WriteTx {
 
 /// The committed tree, outside any write transaction (start-up checks, `/readyz`).
 pub async fn audit_tree(db: &Database) -> Result<StoredTree, StorageError> {
-    let row: Option<(i64, Vec<u8>, Vec<u8>)> = match db {
-        Database::Sqlite(pool) => {
-            sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
-                .fetch_optional(pool)
-                .await?
-        }
-        Database::Postgres(pool) => {
-            sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
-                .fetch_optional(pool)
-                .await?
-        }
-    };
+    let row: Option<(i64, Vec<u8>, Vec<u8>)> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
+            .fetch_optional(pool)
+            .await?
+    });
     match row {
         Some((size, frontier, root)) => decode_tree(size, &frontier, &root),
         None => {
@@ -257,35 +225,21 @@ pub async fn audit_tree(db: &Database) -> Result<StoredTree, StorageError> {
 
 /// The latest signed checkpoint, if any.
 pub async fn latest_audit_checkpoint(db: &Database) -> Result<Option<String>, StorageError> {
-    let note = match db {
-        Database::Sqlite(pool) => {
-            sqlx::query_scalar("SELECT checkpoint FROM audit_tree WHERE id = 1")
-                .fetch_optional(pool)
-                .await?
-        }
-        Database::Postgres(pool) => {
-            sqlx::query_scalar("SELECT checkpoint FROM audit_tree WHERE id = 1")
-                .fetch_optional(pool)
-                .await?
-        }
-    };
+    let note = on_each_engine!(db, Database, |pool| {
+        sqlx::query_scalar("SELECT checkpoint FROM audit_tree WHERE id = 1")
+            .fetch_optional(pool)
+            .await?
+    });
     Ok(note)
 }
 
 /// Every entry in index order, as stored (for verification and export).
 pub async fn audit_entries(db: &Database) -> Result<Vec<StoredEntry>, StorageError> {
-    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = match db {
-        Database::Sqlite(pool) => {
-            sqlx::query_as("SELECT idx, entry, leaf_hash FROM audit_entries ORDER BY idx")
-                .fetch_all(pool)
-                .await?
-        }
-        Database::Postgres(pool) => {
-            sqlx::query_as("SELECT idx, entry, leaf_hash FROM audit_entries ORDER BY idx")
-                .fetch_all(pool)
-                .await?
-        }
-    };
+    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_as("SELECT idx, entry, leaf_hash FROM audit_entries ORDER BY idx")
+            .fetch_all(pool)
+            .await?
+    });
     rows.into_iter()
         .map(|(idx, entry, leaf_hash)| {
             Ok(StoredEntry {
@@ -299,18 +253,11 @@ pub async fn audit_entries(db: &Database) -> Result<Vec<StoredEntry>, StorageErr
 
 /// The kept signed checkpoints in size order, ending with the latest.
 pub async fn audit_checkpoints(db: &Database) -> Result<Vec<String>, StorageError> {
-    let mut notes: Vec<String> = match db {
-        Database::Sqlite(pool) => {
-            sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY size")
-                .fetch_all(pool)
-                .await?
-        }
-        Database::Postgres(pool) => {
-            sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY size")
-                .fetch_all(pool)
-                .await?
-        }
-    };
+    let mut notes: Vec<String> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_scalar("SELECT note FROM audit_checkpoints ORDER BY size")
+            .fetch_all(pool)
+            .await?
+    });
     if let Some(latest) = latest_audit_checkpoint(db).await?
         && notes.last() != Some(&latest)
     {
@@ -323,20 +270,12 @@ pub async fn audit_checkpoints(db: &Database) -> Result<Vec<String>, StorageErro
 /// these instead of whole entries).
 pub async fn audit_leaf_hashes(db: &Database, count: u64) -> Result<Vec<Hash>, StorageError> {
     let count = to_i64(count)?;
-    let rows: Vec<Vec<u8>> = match db {
-        Database::Sqlite(pool) => {
-            sqlx::query_scalar("SELECT leaf_hash FROM audit_entries WHERE idx < $1 ORDER BY idx")
-                .bind(count)
-                .fetch_all(pool)
-                .await?
-        }
-        Database::Postgres(pool) => {
-            sqlx::query_scalar("SELECT leaf_hash FROM audit_entries WHERE idx < $1 ORDER BY idx")
-                .bind(count)
-                .fetch_all(pool)
-                .await?
-        }
-    };
+    let rows: Vec<Vec<u8>> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_scalar("SELECT leaf_hash FROM audit_entries WHERE idx < $1 ORDER BY idx")
+            .bind(count)
+            .fetch_all(pool)
+            .await?
+    });
     rows.iter().map(|h| to_hash(h)).collect()
 }
 

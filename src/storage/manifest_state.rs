@@ -4,18 +4,11 @@ use super::{Database, StorageError};
 use crate::manifest::AcceptedSerial;
 
 pub async fn load_accepted_manifest(db: &Database) -> Result<Option<AcceptedSerial>, StorageError> {
-    let row: Option<(i64, Vec<u8>)> = match db {
-        Database::Sqlite(pool) => {
-            sqlx::query_as("SELECT serial, content_hash FROM manifest_state WHERE id = 1")
-                .fetch_optional(pool)
-                .await?
-        }
-        Database::Postgres(pool) => {
-            sqlx::query_as("SELECT serial, content_hash FROM manifest_state WHERE id = 1")
-                .fetch_optional(pool)
-                .await?
-        }
-    };
+    let row: Option<(i64, Vec<u8>)> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_as("SELECT serial, content_hash FROM manifest_state WHERE id = 1")
+            .fetch_optional(pool)
+            .await?
+    });
     row.map(|(serial, hash)| {
         let serial = u64::try_from(serial)
             .map_err(|_| StorageError::Invariant(format!("stored serial {serial} is negative")))?;

@@ -5,6 +5,18 @@
 //! engine under `migrations/`. SQLite runs in WAL mode with `synchronous=FULL`, so a commit is
 //! on disk before it is acknowledged.
 
+/// Runs the same sqlx expression on whichever pool (or transaction) the value holds. The two
+/// arms are type-checked separately, once per engine, so the expression must yield the same
+/// type on both (map engine-specific results, e.g. `rows_affected()`).
+macro_rules! on_each_engine {
+    ($value:expr, $ty:ident, |$binding:ident| $body:expr) => {
+        match $value {
+            $ty::Sqlite($binding) => $body,
+            $ty::Postgres($binding) => $body,
+        }
+    };
+}
+
 mod audit;
 mod manifest_state;
 mod migrate;
