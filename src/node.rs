@@ -493,17 +493,13 @@ pub fn load_signing_key(config: &Config) -> Result<crate::signed_note::NoteSigne
             format!("cannot read {}: {e}", path.display()),
         )
     })?;
-    use rustls::pki_types::pem::PemObject;
-    let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(&bytes).map_err(|_| {
+    crate::signed_note::NoteSigner::from_pkcs8_pem(&audit_origin(config), &bytes).map_err(|e| {
         ConfigError::new(
             file,
             "audit.signing_key",
-            format!("{} is not a PEM PKCS#8 private key", path.display()),
+            format!("{}: {e}", path.display()),
         )
-    })?;
-    let origin = audit_origin(config);
-    crate::signed_note::NoteSigner::from_pkcs8(&origin, der.secret_pkcs8_der())
-        .map_err(|e| ConfigError::new(file, "audit.signing_key", e.to_string()))
+    })
 }
 
 /// The audit log origin (and checkpoint key name) of this node.

@@ -16,7 +16,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
 };
-use rustls::pki_types::pem::PemObject;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -235,13 +234,7 @@ fn random_hex_key() -> Result<String, PkiError> {
 /// Loads an Ed25519 PKCS#8 PEM key as a note signer under `name`.
 pub fn load_note_signer(path: &Path, name: &str) -> Result<NoteSigner, PkiError> {
     let bytes = std::fs::read(path).map_err(io_error(path))?;
-    let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(&bytes).map_err(|_| {
-        PkiError::Invalid(format!(
-            "{} is not a PEM PKCS#8 private key",
-            path.display()
-        ))
-    })?;
-    NoteSigner::from_pkcs8(name, der.secret_pkcs8_der())
+    NoteSigner::from_pkcs8_pem(name, &bytes)
         .map_err(|e| PkiError::Invalid(format!("{}: {e}", path.display())))
 }
 

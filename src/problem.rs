@@ -88,14 +88,6 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "not-found", "No such resource")
     }
 
-    pub fn method_not_allowed() -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            "This resource does not support that method",
-        )
-    }
-
     pub fn malformed_request(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,

@@ -211,6 +211,14 @@ impl NoteSigner {
         })
     }
 
+    /// Loads a PEM `PRIVATE KEY` (PKCS#8) Ed25519 key, as `pki init` writes them.
+    pub fn from_pkcs8_pem(name: &str, pem: &[u8]) -> Result<Self, NoteError> {
+        use rustls::pki_types::pem::PemObject as _;
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem)
+            .map_err(|_| NoteError::BadPrivateKey)?;
+        Self::from_pkcs8(name, der.secret_pkcs8_der())
+    }
+
     pub fn verifier_key(&self) -> &VerifierKey {
         &self.verifier
     }

@@ -52,6 +52,20 @@ fn to_hash(bytes: &[u8]) -> Result<Hash, StorageError> {
         .map_err(|_| StorageError::Invariant("a stored hash is not 32 bytes".into()))
 }
 
+const TREE_QUERY: &str = "SELECT size, frontier, root FROM audit_tree WHERE id = 1";
+
+/// The stored tree row, or the empty tree if nothing was ever appended.
+fn tree_or_empty(row: Option<(i64, Vec<u8>, Vec<u8>)>) -> Result<StoredTree, StorageError> {
+    match row {
+        Some((size, frontier, root)) => decode_tree(size, &frontier, &root),
+        None => {
+            let frontier = Frontier::new();
+            let root = frontier.root();
+            Ok(StoredTree { frontier, root })
+        }
+    }
+}
+
 fn decode_tree(size: i64, frontier: &[u8], root: &[u8]) -> Result<StoredTree, StorageError> {
     let size = to_u64(size)?;
     let nodes = frontier
@@ -94,19 +108,10 @@ impl Database {
 impl WriteTx {
     /// The tree as committed so far (empty if nothing was ever appended).
     pub async fn audit_tree(&mut self) -> Result<StoredTree, StorageError> {
-        let row: Option<(i64, Vec<u8>, Vec<u8>)> = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
-                .fetch_optional(&mut **tx)
-                .await?
+        let row = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query_as(TREE_QUERY).fetch_optional(&mut **tx).await?
         });
-        match row {
-            Some((size, frontier, root)) => decode_tree(size, &frontier, &root),
-            None => {
-                let frontier = Frontier::new();
-                let root = frontier.root();
-                Ok(StoredTree { frontier, root })
-            }
-        }
+        tree_or_empty(row)
     }
 
     /// Inserts entries at consecutive indexes from `first_idx`, many rows per statement.
@@ -208,19 +213,10 @@ impl WriteTx {
 
 /// The committed tree, outside any write transaction (start-up checks, `/readyz`).
 pub async fn audit_tree(db: &Database) -> Result<StoredTree, StorageError> {
-    let row: Option<(i64, Vec<u8>, Vec<u8>)> = on_each_engine!(db, Database, |pool| {
-        sqlx::query_as("SELECT size, frontier, root FROM audit_tree WHERE id = 1")
-            .fetch_optional(pool)
-            .await?
+    let row = on_each_engine!(db, Database, |pool| {
+        sqlx::query_as(TREE_QUERY).fetch_optional(pool).await?
     });
-    match row {
-        Some((size, frontier, root)) => decode_tree(size, &frontier, &root),
-        None => {
-            let frontier = Frontier::new();
-            let root = frontier.root();
-            Ok(StoredTree { frontier, root })
-        }
-    }
+    tree_or_empty(row)
 }
 
 /// The latest signed checkpoint, if any.
@@ -299,35 +295,25 @@ type TreeRow = (i64, Vec<u8>, Vec<u8>, String);
 
 /// Reads the whole audit log in one read-only transaction.
 pub async fn audit_snapshot(db: &Database) -> Result<AuditSnapshot, StorageError> {
-    let (rows, history, tree): (Vec<EntryRow>, Vec<String>, Option<TreeRow>) = match db {
-        Database::Sqlite(pool) => {
-            // In WAL mode a read transaction sees one snapshot from its first read on.
-            let mut tx = pool.begin().await?;
-            let tree = sqlx::query_as(SNAPSHOT_TREE)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let rows = sqlx::query_as(SNAPSHOT_ENTRIES).fetch_all(&mut *tx).await?;
-            let history = sqlx::query_scalar(SNAPSHOT_HISTORY)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            (rows, history, tree)
-        }
-        Database::Postgres(pool) => {
-            let mut tx = pool
-                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await?;
-            let tree = sqlx::query_as(SNAPSHOT_TREE)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let rows = sqlx::query_as(SNAPSHOT_ENTRIES).fetch_all(&mut *tx).await?;
-            let history = sqlx::query_scalar(SNAPSHOT_HISTORY)
-                .fetch_all(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            (rows, history, tree)
-        }
+    // SQLite in WAL mode: a read transaction sees one snapshot from its first read on.
+    // PostgreSQL: REPEATABLE READ gives the same for the whole transaction.
+    let begin = match db {
+        Database::Sqlite(_) => "BEGIN",
+        Database::Postgres(_) => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
     };
+    let (rows, history, tree): (Vec<EntryRow>, Vec<String>, Option<TreeRow>) =
+        on_each_engine!(db, Database, |pool| {
+            let mut tx = pool.begin_with(begin).await?;
+            let tree = sqlx::query_as(SNAPSHOT_TREE)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let rows = sqlx::query_as(SNAPSHOT_ENTRIES).fetch_all(&mut *tx).await?;
+            let history = sqlx::query_scalar(SNAPSHOT_HISTORY)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            (rows, history, tree)
+        });
     let entries = rows
         .into_iter()
         .map(|(idx, entry, leaf_hash)| {
