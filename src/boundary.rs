@@ -17,7 +17,7 @@ pub const MAX_ENVELOPE_BYTES: usize = 64 * 1024;
 
 /// Top-level body fields that hold identifiers (UUIDs): they are not scanned for CPR numbers,
 /// since an identifier can contain a date-like run of digits; the schema constrains them instead.
-const ID_FIELDS: [&str; 1] = ["in_reply_to"];
+const ID_FIELDS: [&str; 2] = ["in_reply_to", "binding_code_hash"];
 
 /// A refusal with its stable reason code and, where one value is at fault, its JSON pointer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,11 @@ fn find_cpr(value: &Value, pointer: &str) -> Option<String> {
 
 /// Checks an envelope's bytes and returns it as wire types, or the first refusal.
 pub fn check_document(bytes: &[u8], schemas: &Schemas) -> Result<EnvelopeV1, Refusal> {
+    check_parsed(parse_document(bytes)?, schemas)
+}
+
+/// The size limit and strict parsing: the document that every later step reads.
+pub fn parse_document(bytes: &[u8]) -> Result<Value, Refusal> {
     if bytes.len() > MAX_ENVELOPE_BYTES {
         return Err(Refusal::new(
             "body-too-large",
@@ -75,7 +80,7 @@ pub fn check_document(bytes: &[u8], schemas: &Schemas) -> Result<EnvelopeV1, Ref
         ));
     }
     // Details name where, never what: a refused document may hold exactly what must not spread.
-    let document = strict_json::parse(bytes).map_err(|e| {
+    strict_json::parse(bytes).map_err(|e| {
         Refusal::new(
             "malformed-json",
             None,
@@ -86,7 +91,11 @@ pub fn check_document(bytes: &[u8], schemas: &Schemas) -> Result<EnvelopeV1, Ref
                 strict_json::describe(&e)
             ),
         )
-    })?;
+    })
+}
+
+/// The CPR guard, the schema and the conversion to wire types, on a parsed document.
+pub fn check_parsed(document: Value, schemas: &Schemas) -> Result<EnvelopeV1, Refusal> {
     if let Some(pointer) = document
         .get("body")
         .and_then(|body| find_cpr(body, "/body"))

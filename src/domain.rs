@@ -13,7 +13,7 @@ use std::str::FromStr;
 pub struct ParseError(String);
 
 impl ParseError {
-    fn new(message: impl Into<String>) -> Self {
+    pub fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }
 }
@@ -310,6 +310,83 @@ impl FromStr for ConsentId {
 }
 
 impl fmt::Display for ConsentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A UUIDv7 (RFC 9562) in canonical lowercase form, from a Unix time in milliseconds and 10
+/// random bytes (74 of their bits are used).
+fn uuid_v7(unix_ms: u64, random: [u8; 10]) -> String {
+    let [_, _, t0, t1, t2, t3, t4, t5] = unix_ms.to_be_bytes();
+    let [r0, r1, r2, r3, r4, r5, r6, r7, r8, r9] = random;
+    let bytes = [
+        t0,
+        t1,
+        t2,
+        t3,
+        t4,
+        t5,
+        0x70 | (r0 & 0x0f),
+        r1,
+        0x80 | (r2 & 0x3f),
+        r3,
+        r4,
+        r5,
+        r6,
+        r7,
+        r8,
+        r9,
+    ];
+    let hex = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        hex.get(0..8).unwrap_or_default(),
+        hex.get(8..12).unwrap_or_default(),
+        hex.get(12..16).unwrap_or_default(),
+        hex.get(16..20).unwrap_or_default(),
+        hex.get(20..32).unwrap_or_default()
+    )
+}
+
+impl ConsentId {
+    /// A new consent id: a UUIDv7 from the recording time and random bytes.
+    pub fn v7(unix_ms: u64, random: [u8; 10]) -> Self {
+        Self(uuid_v7(unix_ms, random))
+    }
+}
+
+/// A message's id: a UUID in canonical lowercase form (UUIDv7 when this node makes one). The
+/// sender chooses it; with the sender's org id it names the message for replay detection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(String);
+
+impl MessageId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A new message id: a UUIDv7 from the sending time and random bytes.
+    pub fn v7(unix_ms: u64, random: [u8; 10]) -> Self {
+        Self(uuid_v7(unix_ms, random))
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = ParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if is_canonical_uuid(value) {
+            Ok(Self(value.to_owned()))
+        } else {
+            Err(ParseError::new(
+                "a message id must be a UUID in lowercase canonical form",
+            ))
+        }
+    }
+}
+
+impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }

@@ -6,6 +6,7 @@
 //! snapshot taken for this request, so a member removed by a newer manifest is refused even on
 //! a connection that was opened before. This module never speaks SQL.
 
+use crate::admission::{self, Admission, Outcome};
 use crate::audit::entry::Decision;
 use crate::audited::{self, Audited};
 use crate::domain::{NodeIdentity, OrgId};
@@ -13,6 +14,8 @@ use crate::identity::{IdentityError, certificate_validity, identity_from_certifi
 use crate::manifest::Member;
 use crate::node::NodeState;
 use crate::problem::Problem;
+use crate::storage::SeenMessage;
+use crate::wire::{AckActionV1, AckV1, ReceiptV1};
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use futures_util::future::LocalBoxFuture;
@@ -162,10 +165,139 @@ async fn ping(
     ))
 }
 
+/// Reads a request body up to `limit` bytes; `None` if it is longer (the rest is not read).
+pub(crate) async fn read_limited(
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, Problem> {
+    use futures_util::StreamExt as _;
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| Problem::malformed_request("the body could not be read"))?;
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
+/// The answer to an envelope: a fresh decision (audited before it is answered), or the first
+/// answer again for a replay (whose decision was audited the first time).
+pub enum EnvelopeAnswer {
+    Fresh(Audited<HttpResponse>),
+    Replay(HttpResponse),
+}
+
+impl actix_web::Responder for EnvelopeAnswer {
+    type Body = actix_web::body::BoxBody;
+
+    fn respond_to(self, req: &HttpRequest) -> HttpResponse {
+        match self {
+            EnvelopeAnswer::Fresh(answer) => answer.respond_to(req),
+            EnvelopeAnswer::Replay(response) => response,
+        }
+    }
+}
+
+/// `POST /fed/v1/envelopes`: admission (DESIGN §5), the audit append with the state changes
+/// of the decision in one transaction, then the answer: a receipt or a problem.
+async fn receive_envelope(
+    peer: AuthenticatedPeer,
+    state: web::Data<NodeState>,
+    payload: web::Payload,
+) -> Result<EnvelopeAnswer, Problem> {
+    // One byte over the limit is enough to know the envelope is too large; admission then
+    // refuses it (and audits that) without reading the rest.
+    let bytes = read_limited(payload, crate::boundary::MAX_ENVELOPE_BYTES + 1)
+        .await?
+        .unwrap_or_else(|| vec![b' '; crate::boundary::MAX_ENVELOPE_BYTES + 1]);
+    match admission::admit_inbound(&state, &peer.member, &bytes).await? {
+        Admission::Replay(seen, message_id) => Ok(EnvelopeAnswer::Replay(
+            replay_answer(&state, seen, &message_id).await?,
+        )),
+        Admission::Decided(decided) => {
+            let decided = *decided;
+            let (receipt, counts) = state
+                .audit
+                .append_with(decided.record, decided.changes)
+                .await
+                .map_err(|e| Problem::unavailable(&e))?;
+            let response = match decided.outcome {
+                Outcome::Refused(problem) => problem.respond(),
+                Outcome::Admitted { message_id, ack } => {
+                    let ack = ack.map(|plan| fill_ack(&state, &message_id, &plan, &counts));
+                    HttpResponse::Ok().json(ReceiptV1 {
+                        message_id: message_id.to_string(),
+                        leaf_index: receipt.index,
+                        checkpoint: receipt.checkpoint.note.clone(),
+                        replayed: false,
+                        ack,
+                    })
+                }
+            };
+            Ok(EnvelopeAnswer::Fresh(Audited::new(receipt, response)))
+        }
+    }
+}
+
+/// The acknowledgement of a withdrawal, with the counts the changes returned.
+pub fn fill_ack(
+    state: &NodeState,
+    message_id: &crate::domain::MessageId,
+    plan: &admission::AckPlan,
+    counts: &[u64],
+) -> AckV1 {
+    AckV1 {
+        in_reply_to: message_id.to_string(),
+        actions: plan
+            .actions
+            .iter()
+            .map(|(action, position, basis)| AckActionV1 {
+                action: *action,
+                count: counts.get(*position).copied().unwrap_or(0),
+                basis: *basis,
+            })
+            .collect(),
+        at: crate::audited::audit_time(state.clock.now()),
+    }
+}
+
+/// The first answer to a replayed message: the same problem, or the receipt of the entry that
+/// admitted it with the latest checkpoint (which covers it).
+async fn replay_answer(
+    state: &NodeState,
+    seen: SeenMessage,
+    message_id: &crate::domain::MessageId,
+) -> Result<HttpResponse, Problem> {
+    use actix_web::http::StatusCode;
+    if let Some(problem) = seen.problem {
+        let status = StatusCode::from_u16(seen.status).unwrap_or(StatusCode::FORBIDDEN);
+        return Ok(HttpResponse::build(status)
+            .content_type(crate::problem::CONTENT_TYPE)
+            .body(problem));
+    }
+    let checkpoint = crate::storage::latest_audit_checkpoint(&state.db)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+        .ok_or_else(|| Problem::internal(&"a remembered message but no checkpoint"))?;
+    Ok(HttpResponse::Ok().json(ReceiptV1 {
+        message_id: message_id.to_string(),
+        leaf_index: seen.audit_idx,
+        checkpoint,
+        replayed: true,
+        ack: None,
+    }))
+}
+
 /// The federation listener's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::scope("/fed/v1").route("/ping", web::get().to(ping)))
-        .default_service(web::to(|| async { Problem::not_found().respond() }));
+    cfg.service(
+        web::scope("/fed/v1")
+            .route("/ping", web::get().to(ping))
+            .route("/envelopes", web::post().to(receive_envelope)),
+    )
+    .default_service(web::to(|| async { Problem::not_found().respond() }));
 }
 
 // ----- Client side -----
@@ -255,6 +387,48 @@ pub async fn ping_peer(state: &NodeState, org: &OrgId) -> Result<PingResponseV1,
         return Err(PeerError::Refused {
             status: status.as_u16(),
             body: String::from_utf8_lossy(&body).chars().take(500).collect(),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))
+}
+
+/// Sends one envelope's exact bytes to a member's `POST /fed/v1/envelopes` over mTLS, checking
+/// that the server is that member. A refusal comes back as [`PeerError::Refused`] with the
+/// problem document.
+pub async fn send_envelope(
+    state: &NodeState,
+    org: &OrgId,
+    envelope: Vec<u8>,
+) -> Result<ReceiptV1, PeerError> {
+    let manifest = state.manifest.snapshot();
+    if manifest.is_expired(state.clock.now()) {
+        return Err(PeerError::ManifestExpired);
+    }
+    let member = manifest
+        .member(org)
+        .ok_or_else(|| PeerError::UnknownPeer(org.clone()))?;
+    let expected = NodeIdentity {
+        federation: manifest.federation.clone(),
+        org: org.clone(),
+    };
+    let client = state.peers.client_for(state, &expected)?;
+    let url = format!("{}/fed/v1/envelopes", member.endpoint.base_url());
+    let response = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(envelope)
+        .send()
+        .await
+        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
+    if !status.is_success() {
+        return Err(PeerError::Refused {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).chars().take(2000).collect(),
         });
     }
     serde_json::from_slice(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))

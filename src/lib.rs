@@ -3,12 +3,14 @@
 //!
 //! See `ARCHITECTURE.md` for the map of modules and the path a message takes.
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod audited;
 pub mod boundary;
 pub mod cli;
 pub mod config;
+pub mod consent;
 pub mod cpr;
 pub mod domain;
 pub mod federation;

@@ -426,6 +426,7 @@ fn parse_purpose(doc: PurposeDocV1) -> Result<(Purpose, PurposeRule), ManifestEr
         status,
         flow,
         allowed_fields,
+        max_consent_validity_days: doc.max_consent_validity_days,
     };
     Ok((
         Purpose {

@@ -83,6 +83,11 @@ pub struct NodeState {
     pub audit: WritePath,
     /// Pseudonymises identifiers before they enter the audit log.
     pub hmac: HmacKey,
+    /// The compiled v1 schemas every envelope is checked against.
+    pub schemas: crate::schema::Schemas,
+    /// Serialises binding-code checks on this node, so that two attempts on one consent cannot
+    /// both pass the check before either is recorded.
+    pub binding: tokio::sync::Mutex<()>,
 }
 
 /// Why a node could not start. All of these are configuration problems (exit code 2).
@@ -100,6 +105,8 @@ pub enum StartError {
     Storage(#[from] StorageError),
     #[error("audit log: {0}")]
     Audit(#[from] PublishedError),
+    #[error("{0}")]
+    Schema(#[from] crate::schema::SchemaCompileError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -271,6 +278,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
     let tokens = load_token_verifier(&config)?;
     let signer = load_signing_key(&config)?;
     let hmac = load_hmac_key(&config)?;
+    let schemas = crate::schema::Schemas::compile()?;
     let db = open_database(&config).await?;
     let manifest = load_manifest(&config, &db, clock.now(), Persist::Yes).await?;
     check_self_in_manifest(&config, &manifest, &signer)?;
@@ -308,6 +316,8 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
         audit_verifier_key,
         audit: writer.path.clone(),
         hmac,
+        schemas,
+        binding: tokio::sync::Mutex::new(()),
     });
     let config = &state.config;
     let workers = config.server.workers;

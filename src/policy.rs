@@ -46,6 +46,8 @@ pub struct PurposeRule {
     pub flow: Flow,
     /// The allowed body fields per allowed message type. A type absent here is not allowed.
     pub allowed_fields: BTreeMap<MessageType, BTreeSet<String>>,
+    /// The longest validity a consent naming this purpose may have, in days.
+    pub max_consent_validity_days: u32,
 }
 
 /// The purpose catalogue of the current manifest, by id and version.
@@ -134,10 +136,15 @@ pub enum DenyReason {
     ConsentExpired,
     PartyNotInConsent,
     PurposeNotInConsent,
+    /// A `consent.granted` for a consent this node already holds.
+    ConsentExists,
+    /// A consent whose validity is empty or longer than one of its purposes allows.
+    ConsentValidityInvalid,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 11] = [
+    /// Every reason of [`decide`] (the exchange of data about a child), in check order.
+    pub const EXCHANGE: [DenyReason; 11] = [
         DenyReason::PurposeUnknown,
         DenyReason::PurposeInactive,
         DenyReason::TypeNotAllowed,
@@ -149,6 +156,23 @@ impl DenyReason {
         DenyReason::ConsentExpired,
         DenyReason::PartyNotInConsent,
         DenyReason::PurposeNotInConsent,
+    ];
+
+    /// Every reason, including those of the consent notices.
+    pub const ALL: [DenyReason; 13] = [
+        DenyReason::PurposeUnknown,
+        DenyReason::PurposeInactive,
+        DenyReason::TypeNotAllowed,
+        DenyReason::DirectionNotAllowed,
+        DenyReason::FieldNotAllowed,
+        DenyReason::ConsentUnknown,
+        DenyReason::SubjectNotInConsent,
+        DenyReason::ConsentNotActive,
+        DenyReason::ConsentExpired,
+        DenyReason::PartyNotInConsent,
+        DenyReason::PurposeNotInConsent,
+        DenyReason::ConsentExists,
+        DenyReason::ConsentValidityInvalid,
     ];
 
     pub fn code(self) -> &'static str {
@@ -164,6 +188,8 @@ impl DenyReason {
             DenyReason::ConsentExpired => "consent-expired",
             DenyReason::PartyNotInConsent => "party-not-in-consent",
             DenyReason::PurposeNotInConsent => "purpose-not-in-consent",
+            DenyReason::ConsentExists => "consent-exists",
+            DenyReason::ConsentValidityInvalid => "consent-validity-invalid",
         }
     }
 }
@@ -314,6 +340,90 @@ pub fn decide(
     Decision::Permit(Permit { _private: () })
 }
 
+/// A `consent.granted` to decide on: a consent as its recording party states it. The same
+/// decision runs when a consent is recorded locally (the sender is then this node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant<'a> {
+    pub consent: &'a ConsentId,
+    /// The recording party.
+    pub sender: &'a OrgId,
+    pub sender_kind: OrgKind,
+    /// The counterpart.
+    pub recipient: &'a OrgId,
+    pub recipient_kind: OrgKind,
+    /// The purpose the envelope names; it must be one of the consent's.
+    pub purpose: &'a PurposeRef,
+    pub purposes: &'a BTreeSet<PurposeRef>,
+    pub valid_from: OffsetDateTime,
+    pub valid_until: OffsetDateTime,
+}
+
+/// Decides a `consent.granted` (DESIGN §5: it must come from the recording party, name this
+/// node as the counterpart, and reference active purposes). `existing` is the consent this node
+/// already holds under that id, if any. In order: the id is new (a second grant from the
+/// recording party is `consent-exists`, one from anyone else `party-not-in-consent`); the two
+/// parties are an NGO and a public authority; every purpose is known and active; the envelope's
+/// purpose is one of them; the validity is not empty and not longer than every purpose allows;
+/// it has not ended.
+pub fn decide_grant(
+    grant: &Grant<'_>,
+    catalogue: &Catalogue,
+    existing: Option<&ConsentFacts>,
+    now: OffsetDateTime,
+) -> Decision {
+    if let Some(existing) = existing {
+        return deny(if &existing.recording_org == grant.sender {
+            DenyReason::ConsentExists
+        } else {
+            DenyReason::PartyNotInConsent
+        });
+    }
+    if way(grant.sender_kind, grant.recipient_kind) == Way::Lateral {
+        return deny(DenyReason::DirectionNotAllowed);
+    }
+    let mut max_days = u32::MAX;
+    for purpose in grant.purposes {
+        let Some(rule) = catalogue.rule(purpose) else {
+            return deny(DenyReason::PurposeUnknown);
+        };
+        if rule.status != PurposeStatus::Active {
+            return deny(DenyReason::PurposeInactive);
+        }
+        max_days = max_days.min(rule.max_consent_validity_days);
+    }
+    if !grant.purposes.contains(grant.purpose) {
+        return deny(DenyReason::PurposeNotInConsent);
+    }
+    let longest = time::Duration::days(i64::from(max_days));
+    if grant.valid_until <= grant.valid_from || grant.valid_until - grant.valid_from > longest {
+        return deny(DenyReason::ConsentValidityInvalid);
+    }
+    if now >= grant.valid_until {
+        return deny(DenyReason::ConsentExpired);
+    }
+    Decision::Permit(Permit { _private: () })
+}
+
+/// Decides a `consent.withdrawn` notice. It is always admitted after the boundary's own checks
+/// (DESIGN §5), with two exceptions that protect the family's consent from third parties: the
+/// sender must be one of the consent's two parties, and the notice must name the consent's
+/// child. A notice for a consent this node does not hold is permitted and changes nothing, so
+/// the sender gets a clean answer.
+pub fn decide_withdrawal(
+    sender: &OrgId,
+    subject: &SubjectRef,
+    existing: Option<&ConsentFacts>,
+) -> Decision {
+    match existing {
+        None => Decision::Permit(Permit { _private: () }),
+        Some(c) if &c.recording_org != sender && &c.counterpart != sender => {
+            deny(DenyReason::PartyNotInConsent)
+        }
+        Some(c) if &c.subject != subject => deny(DenyReason::SubjectNotInConsent),
+        Some(_) => Decision::Permit(Permit { _private: () }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +445,7 @@ mod tests {
                     .map(String::from)
                     .collect(),
             )]),
+            max_consent_validity_days: 365,
         }])
     }
 
@@ -506,6 +617,141 @@ mod tests {
         assert_eq!(
             reason(&exchange, &Catalogue::default(), Some(&consent_facts), now),
             Some(DenyReason::PurposeUnknown)
+        );
+    }
+
+    #[test]
+    fn a_grant_is_permitted_and_each_of_its_rules_bites() {
+        let kommune: OrgId = "herning-kommune".parse().unwrap();
+        let ngo: OrgId = "red-barnet".parse().unwrap();
+        let other_kommune: OrgId = "fredericia-kommune".parse().unwrap();
+        let id: ConsentId = "0192f0a4-7b1c-7def-8a00-1234567890ab".parse().unwrap();
+        let purposes = BTreeSet::from([purpose()]);
+        let unknown = PurposeRef::new("familieklub".parse().unwrap(), 1).unwrap();
+        let now = datetime!(2026-11-22 12:00 UTC);
+        let grant = Grant {
+            consent: &id,
+            sender: &kommune,
+            sender_kind: OrgKind::Municipality,
+            recipient: &ngo,
+            recipient_kind: OrgKind::Ngo,
+            purpose: &purposes.iter().next().unwrap().clone(),
+            purposes: &purposes,
+            valid_from: datetime!(2026-11-01 00:00 UTC),
+            valid_until: datetime!(2027-10-31 00:00 UTC),
+        };
+        let active = catalogue(PurposeStatus::Active);
+        let reason = |g: &Grant<'_>, c: &Catalogue, e: Option<&ConsentFacts>| {
+            decide_grant(g, c, e, now).reason()
+        };
+        assert_eq!(reason(&grant, &active, None), None);
+        let held = consent();
+        assert_eq!(
+            reason(&grant, &active, Some(&held)),
+            Some(DenyReason::ConsentExists)
+        );
+        let from_other = Grant {
+            sender: &ngo,
+            sender_kind: OrgKind::Ngo,
+            recipient: &kommune,
+            recipient_kind: OrgKind::Municipality,
+            ..grant.clone()
+        };
+        assert_eq!(reason(&from_other, &active, None), None);
+        assert_eq!(
+            reason(&from_other, &active, Some(&held)),
+            Some(DenyReason::PartyNotInConsent)
+        );
+        let lateral = Grant {
+            recipient: &other_kommune,
+            recipient_kind: OrgKind::Municipality,
+            ..grant.clone()
+        };
+        assert_eq!(
+            reason(&lateral, &active, None),
+            Some(DenyReason::DirectionNotAllowed)
+        );
+        let with_unknown = BTreeSet::from([purpose(), unknown.clone()]);
+        assert_eq!(
+            reason(
+                &Grant {
+                    purposes: &with_unknown,
+                    ..grant.clone()
+                },
+                &active,
+                None
+            ),
+            Some(DenyReason::PurposeUnknown)
+        );
+        assert_eq!(
+            reason(&grant, &catalogue(PurposeStatus::Inactive), None),
+            Some(DenyReason::PurposeInactive)
+        );
+        assert_eq!(
+            reason(
+                &Grant {
+                    purpose: &unknown,
+                    ..grant.clone()
+                },
+                &active,
+                None
+            ),
+            Some(DenyReason::PurposeNotInConsent)
+        );
+        // The catalogue allows 365 days: exactly that is fine, a day more is not, nor is none.
+        let full_year = Grant {
+            valid_until: grant.valid_from + time::Duration::days(365),
+            ..grant.clone()
+        };
+        assert_eq!(reason(&full_year, &active, None), None);
+        for valid_until in [
+            grant.valid_from + time::Duration::days(366),
+            grant.valid_from,
+        ] {
+            assert_eq!(
+                reason(
+                    &Grant {
+                        valid_until,
+                        ..grant.clone()
+                    },
+                    &active,
+                    None
+                ),
+                Some(DenyReason::ConsentValidityInvalid)
+            );
+        }
+        let ended = Grant {
+            valid_from: datetime!(2026-01-01 00:00 UTC),
+            valid_until: now,
+            ..grant.clone()
+        };
+        assert_eq!(
+            reason(&ended, &active, None),
+            Some(DenyReason::ConsentExpired)
+        );
+    }
+
+    #[test]
+    fn a_withdrawal_is_admitted_unless_a_third_party_or_another_child() {
+        let held = consent();
+        let kommune: OrgId = "herning-kommune".parse().unwrap();
+        let ngo: OrgId = "red-barnet".parse().unwrap();
+        let stranger: OrgId = "fredericia-kommune".parse().unwrap();
+        let child = held.subject;
+        let other_child: SubjectRef = "00000000000000000000000000000001".parse().unwrap();
+        assert_eq!(decide_withdrawal(&stranger, &child, None).reason(), None);
+        assert_eq!(
+            decide_withdrawal(&kommune, &child, Some(&held)).reason(),
+            None
+        );
+        assert_eq!(decide_withdrawal(&ngo, &child, Some(&held)).reason(), None);
+        assert_eq!(
+            decide_withdrawal(&stranger, &child, Some(&held)).reason(),
+            Some(DenyReason::PartyNotInConsent)
+        );
+        assert_eq!(
+            decide_withdrawal(&ngo, &other_child, Some(&held)).reason(),
+            Some(DenyReason::SubjectNotInConsent)
         );
     }
 

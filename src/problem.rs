@@ -12,29 +12,56 @@ use std::fmt;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
-/// A problem document as sent on the wire.
-#[derive(Debug, Clone, Serialize)]
+/// A problem document as sent on the wire. Its `type` is `urn:brobygger:problem:` and the
+/// reason, added when it is serialised.
+#[derive(Debug, Clone)]
 pub struct Problem {
-    #[serde(rename = "type")]
-    pub type_uri: String,
     pub title: &'static str,
     pub status: u16,
     /// Stable reason code, e.g. `peer-not-member`. Clients branch on this, not on the title.
     pub reason: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    #[serde(skip)]
+    /// For a refusal about one value of a document: its JSON pointer (RFC 6901).
+    pub pointer: Option<String>,
     www_authenticate: bool,
+}
+
+/// The serialised form of a [`Problem`].
+#[derive(Serialize)]
+struct ProblemDoc<'a> {
+    #[serde(rename = "type")]
+    type_uri: String,
+    title: &'a str,
+    status: u16,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pointer: Option<&'a str>,
+}
+
+impl Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        ProblemDoc {
+            type_uri: format!("urn:brobygger:problem:{}", self.reason),
+            title: self.title,
+            status: self.status,
+            reason: self.reason,
+            detail: self.detail.as_deref(),
+            pointer: self.pointer.as_deref(),
+        }
+        .serialize(serializer)
+    }
 }
 
 impl Problem {
     pub fn new(status: StatusCode, reason: &'static str, title: &'static str) -> Self {
         Self {
-            type_uri: format!("urn:brobygger:problem:{reason}"),
             title,
             status: status.as_u16(),
             reason,
             detail: None,
+            pointer: None,
             www_authenticate: false,
         }
     }
@@ -45,7 +72,25 @@ impl Problem {
         self
     }
 
+    /// Adds the JSON pointer of the offending value.
+    pub fn with_pointer(mut self, pointer: Option<String>) -> Self {
+        self.pointer = pointer;
+        self
+    }
+
     // ----- The catalogue of problems. Each constructor is one reason code. -----
+
+    /// A refused envelope or consent (DESIGN §5): the reason code decides status and title.
+    pub fn refused(
+        reason: &'static str,
+        detail: impl Into<String>,
+        pointer: Option<String>,
+    ) -> Self {
+        let (status, title) = refusal_status_and_title(reason);
+        Self::new(status, reason, title)
+            .with_detail(detail)
+            .with_pointer(pointer)
+    }
 
     pub fn peer_not_member(detail: impl Into<String>) -> Self {
         Self::new(
@@ -144,6 +189,68 @@ impl Problem {
             "unavailable",
             "The node cannot serve this request right now",
         )
+    }
+}
+
+/// The status and title of each admission refusal. Unknown codes are a programming error and
+/// read as a plain 403.
+fn refusal_status_and_title(reason: &str) -> (StatusCode, &'static str) {
+    use StatusCode as S;
+    match reason {
+        "sender-mismatch" => (
+            S::FORBIDDEN,
+            "The envelope's sender is not the organisation that authenticated",
+        ),
+        "recipient-mismatch" => (
+            S::MISDIRECTED_REQUEST,
+            "The envelope is addressed to another node",
+        ),
+        "message-id-conflict" => (
+            S::CONFLICT,
+            "This message id was used before with a different body",
+        ),
+        "body-too-large" => (
+            S::PAYLOAD_TOO_LARGE,
+            "The envelope is larger than a node accepts",
+        ),
+        "malformed-json" => (
+            S::BAD_REQUEST,
+            "The envelope is not one strict JSON document",
+        ),
+        "cpr-detected" => (
+            S::UNPROCESSABLE_ENTITY,
+            "A value looks like a CPR number; CPR numbers never cross the boundary",
+        ),
+        "schema-invalid" => (
+            S::UNPROCESSABLE_ENTITY,
+            "The envelope does not match its v1 schema",
+        ),
+        "field-not-allowed" => (
+            S::UNPROCESSABLE_ENTITY,
+            "The purpose does not allow a field of this body",
+        ),
+        "purpose-unknown" => (S::FORBIDDEN, "No purpose with this id and version"),
+        "purpose-inactive" => (S::FORBIDDEN, "The purpose is not active"),
+        "type-not-allowed" => (S::FORBIDDEN, "The purpose does not allow this message type"),
+        "direction-not-allowed" => (
+            S::FORBIDDEN,
+            "The purpose does not allow data to flow this way",
+        ),
+        "consent-unknown" => (S::FORBIDDEN, "No consent with this id"),
+        "subject-not-in-consent" => (S::FORBIDDEN, "The consent is not about this child"),
+        "consent-not-active" => (S::FORBIDDEN, "The consent is not active"),
+        "consent-expired" => (S::FORBIDDEN, "The consent has expired"),
+        "party-not-in-consent" => (
+            S::FORBIDDEN,
+            "The consent does not name both the sender and the recipient",
+        ),
+        "purpose-not-in-consent" => (S::FORBIDDEN, "The consent does not name this purpose"),
+        "consent-exists" => (S::CONFLICT, "A consent with this id exists already"),
+        "consent-validity-invalid" => (
+            S::UNPROCESSABLE_ENTITY,
+            "The consent's validity is empty or longer than its purposes allow",
+        ),
+        _ => (S::FORBIDDEN, "The request was refused"),
     }
 }
 

@@ -246,6 +246,8 @@ pub struct ConsentGrantedV1 {
     pub valid_until: String,
     pub retention_at_recipient_days: u32,
     pub withdrawal: WithdrawalV1,
+    /// The slow salted hash of the family's one-time binding code (never the code itself).
+    pub binding_code_hash: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,4 +299,21 @@ pub struct AckV1 {
     pub in_reply_to: String,
     pub actions: Vec<AckActionV1>,
     pub at: String,
+}
+
+/// The answer to an admitted envelope: the receiver's own audit log speaking. The leaf index of
+/// the entry that admitted the message and a checkpoint, signed by the receiver, that covers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptV1 {
+    pub message_id: String,
+    pub leaf_index: u64,
+    /// A C2SP signed checkpoint (signed note) of the receiver's log, of a size above
+    /// `leaf_index`.
+    pub checkpoint: String,
+    /// `true` if this answers a replay of a message admitted before.
+    pub replayed: bool,
+    /// For a withdrawal notice: what the receiver did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckV1>,
 }

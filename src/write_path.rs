@@ -15,12 +15,18 @@
 use crate::audit::checkpoint::{Checkpoint, TreeHead};
 use crate::audit::entry::{self, AuditRecord, EntryError};
 use crate::audit::merkle;
+use crate::consent::{CodeVerified, ConsentEvent};
+use crate::domain::{ConsentId, MessageId, OrgId};
+use crate::policy::Permit;
 use crate::signed_note::NoteSigner;
-use crate::storage::{self, Database, StorageError, StoredTree};
+use crate::storage::{
+    self, Database, NewConsent, NewInboxMessage, StorageError, StoredTree, WriteTx,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -67,7 +73,201 @@ pub struct AuditReceipt {
 
 struct Job {
     records: Vec<AuditRecord>,
-    reply: oneshot::Sender<Result<Vec<AuditReceipt>, WriteError>>,
+    /// Changes that commit in the same transaction as the records, or not at all.
+    changes: Vec<StateChange>,
+    reply: oneshot::Sender<Result<Committed, WriteError>>,
+}
+
+/// What a job's commit returned: one receipt per record, and per change the rows it touched.
+struct Committed {
+    receipts: Vec<AuditReceipt>,
+    counts: Vec<u64>,
+}
+
+/// A change to durable state that commits together with the audit entry recording the decision
+/// behind it, or not at all (DESIGN §6: a message is stored in the same transaction as its
+/// audit entry). Changes that store or release data about a child can only be made with the
+/// policy's [`Permit`] in hand.
+pub struct StateChange(Change);
+
+enum Change {
+    RememberAnswer {
+        sender: OrgId,
+        message_id: MessageId,
+        envelope_sha256: String,
+        status: u16,
+        problem: Option<String>,
+    },
+    StoreInbound(NewInboxMessage),
+    RecordConsent(Box<NewConsent>),
+    ConsentEvent {
+        id: ConsentId,
+        event: ConsentEvent,
+        at: OffsetDateTime,
+        recorded_by: OrgId,
+    },
+    DeleteReceived(ConsentId),
+    CountReceived(ConsentId),
+    BindingFailure {
+        id: ConsentId,
+        failures_in_a_row: u32,
+        locked_until: Option<OffsetDateTime>,
+    },
+    Bind {
+        id: ConsentId,
+        local_subject_key: String,
+        at: OffsetDateTime,
+    },
+}
+
+impl StateChange {
+    /// Remembers the answer to a message id, so that a replay gets the same answer.
+    pub fn remember_answer(
+        sender: OrgId,
+        message_id: MessageId,
+        envelope_sha256: String,
+        status: u16,
+        problem: Option<String>,
+    ) -> Self {
+        Self(Change::RememberAnswer {
+            sender,
+            message_id,
+            envelope_sha256,
+            status,
+            problem,
+        })
+    }
+
+    /// Stores a message about a child in the inbox: only with a permit for it.
+    pub fn store_inbound(_permit: &Permit, message: NewInboxMessage) -> Self {
+        Self(Change::StoreInbound(message))
+    }
+
+    /// Stores a consent with its first event: only with a permit for it.
+    pub fn record_consent(_permit: &Permit, consent: NewConsent) -> Self {
+        Self(Change::RecordConsent(Box::new(consent)))
+    }
+
+    /// Appends an event to a consent's log: only with a permit for it.
+    pub fn consent_event(
+        _permit: &Permit,
+        id: ConsentId,
+        event: ConsentEvent,
+        at: OffsetDateTime,
+        recorded_by: OrgId,
+    ) -> Self {
+        Self(Change::ConsentEvent {
+            id,
+            event,
+            at,
+            recorded_by,
+        })
+    }
+
+    /// Deletes what was received under a withdrawn consent (the count is the change's result).
+    pub fn delete_received(_permit: &Permit, id: ConsentId) -> Self {
+        Self(Change::DeleteReceived(id))
+    }
+
+    /// Counts what is kept under a consent (changes nothing; the count is the result).
+    pub fn count_received(id: ConsentId) -> Self {
+        Self(Change::CountReceived(id))
+    }
+
+    /// Records a wrong binding code.
+    pub fn binding_failure(
+        id: ConsentId,
+        failures_in_a_row: u32,
+        locked_until: Option<OffsetDateTime>,
+    ) -> Self {
+        Self(Change::BindingFailure {
+            id,
+            failures_in_a_row,
+            locked_until,
+        })
+    }
+
+    /// Binds a consent to this node's key for the child: only with a verified binding code.
+    /// The result is 0 if the consent was bound already (by a racing request).
+    pub fn bind(
+        _code: &CodeVerified,
+        id: ConsentId,
+        local_subject_key: String,
+        at: OffsetDateTime,
+    ) -> Self {
+        Self(Change::Bind {
+            id,
+            local_subject_key,
+            at,
+        })
+    }
+
+    async fn apply(&self, tx: &mut WriteTx, audit_idx: u64) -> Result<u64, StorageError> {
+        match &self.0 {
+            Change::RememberAnswer {
+                sender,
+                message_id,
+                envelope_sha256,
+                status,
+                problem,
+            } => {
+                tx.remember_message(
+                    sender,
+                    message_id,
+                    envelope_sha256,
+                    *status,
+                    problem.as_deref(),
+                    audit_idx,
+                )
+                .await
+            }
+            Change::StoreInbound(message) => tx.insert_inbox(message, audit_idx).await,
+            Change::RecordConsent(consent) => {
+                let inserted = tx.insert_consent(consent).await?;
+                if inserted == 0 {
+                    return Err(StorageError::Invariant(format!(
+                        "consent {} exists already",
+                        consent.record.id
+                    )));
+                }
+                for event in &consent.record.events {
+                    tx.append_consent_event(
+                        &consent.record.id,
+                        *event,
+                        consent.created_at,
+                        &consent.record.recording_org,
+                        audit_idx,
+                    )
+                    .await?;
+                }
+                Ok(inserted)
+            }
+            Change::ConsentEvent {
+                id,
+                event,
+                at,
+                recorded_by,
+            } => {
+                tx.append_consent_event(id, *event, *at, recorded_by, audit_idx)
+                    .await
+            }
+            Change::DeleteReceived(id) => tx.delete_inbox_for_consent(id).await,
+            Change::CountReceived(id) => tx.count_inbox_for_consent(id).await,
+            Change::BindingFailure {
+                id,
+                failures_in_a_row,
+                locked_until,
+            } => {
+                tx.record_binding_failure(id, *failures_in_a_row, *locked_until)
+                    .await
+            }
+            Change::Bind {
+                id,
+                local_subject_key,
+                at,
+            } => tx.bind_consent(id, local_subject_key, *at).await,
+        }
+    }
 }
 
 /// The handle request handlers use to append.
@@ -112,9 +312,36 @@ impl WritePath {
         &self,
         records: Vec<AuditRecord>,
     ) -> Result<Vec<AuditReceipt>, WriteError> {
+        Ok(self.submit(records, Vec::new()).await?.receipts)
+    }
+
+    /// Appends one record together with state changes, in one transaction: either all of it
+    /// is durable or none. Returns the receipt and, per change, the rows it touched.
+    pub async fn append_with(
+        &self,
+        record: AuditRecord,
+        changes: Vec<StateChange>,
+    ) -> Result<(AuditReceipt, Vec<u64>), WriteError> {
+        let committed = self.submit(vec![record], changes).await?;
+        let receipt =
+            committed.receipts.into_iter().next().ok_or_else(|| {
+                WriteError::Storage("the writer answered without a receipt".into())
+            })?;
+        Ok((receipt, committed.counts))
+    }
+
+    async fn submit(
+        &self,
+        records: Vec<AuditRecord>,
+        changes: Vec<StateChange>,
+    ) -> Result<Committed, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.sender
-            .send(Job { records, reply })
+            .send(Job {
+                records,
+                changes,
+                reply,
+            })
             .await
             .map_err(|_| WriteError::Stopped)?;
         answer.await.map_err(|_| WriteError::Stopped)?
@@ -356,7 +583,18 @@ impl WriterState {
         let mut accepted = Vec::with_capacity(jobs.len());
         for job in jobs {
             if job.records.is_empty() {
-                let _ = job.reply.send(Ok(Vec::new()));
+                // Changes never commit without an audit entry saying why.
+                let answer = if job.changes.is_empty() {
+                    Ok(Committed {
+                        receipts: Vec::new(),
+                        counts: Vec::new(),
+                    })
+                } else {
+                    Err(WriteError::Refused(
+                        "a state change needs an audit record".into(),
+                    ))
+                };
+                let _ = job.reply.send(answer);
                 continue;
             }
             match job
@@ -375,10 +613,10 @@ impl WriterState {
             return;
         }
         let records: Vec<&AuditRecord> = accepted.iter().flat_map(|j| j.records.iter()).collect();
-        match self.commit(&records).await {
-            Ok((first_index, checkpoint)) => {
+        match self.commit(&records, &accepted).await {
+            Ok((first_index, checkpoint, mut counts)) => {
                 let mut index = first_index;
-                for job in accepted {
+                for (job, counts) in accepted.into_iter().zip(counts.drain(..)) {
                     let receipts = job
                         .records
                         .iter()
@@ -391,7 +629,7 @@ impl WriterState {
                             receipt
                         })
                         .collect();
-                    let _ = job.reply.send(Ok(receipts));
+                    let _ = job.reply.send(Ok(Committed { receipts, counts }));
                 }
                 self.unpublished = Some(checkpoint);
             }
@@ -409,7 +647,8 @@ impl WriterState {
     async fn commit(
         &mut self,
         records: &[&AuditRecord],
-    ) -> Result<(u64, Arc<CommittedCheckpoint>), WriteError> {
+        jobs: &[Job],
+    ) -> Result<(u64, Arc<CommittedCheckpoint>, Vec<Vec<u64>>), WriteError> {
         let storage_error = |e: StorageError| WriteError::Storage(e.to_string());
         let mut tx = self.db.begin_write().await.map_err(storage_error)?;
         let tree = tx.audit_tree().await.map_err(storage_error)?;
@@ -457,6 +696,23 @@ impl WriterState {
         tx.insert_audit_entries(first, &rows)
             .await
             .map_err(storage_error)?;
+        // Each job's changes carry the index of the job's first record: the entry that
+        // records the decision behind them.
+        let mut counts = Vec::with_capacity(jobs.len());
+        let mut job_first = first;
+        for job in jobs {
+            let mut job_counts = Vec::with_capacity(job.changes.len());
+            for change in &job.changes {
+                job_counts.push(
+                    change
+                        .apply(&mut tx, job_first)
+                        .await
+                        .map_err(storage_error)?,
+                );
+            }
+            counts.push(job_counts);
+            job_first += job.records.len() as u64;
+        }
         let keep_history = self
             .last_history
             .is_none_or(|t| t.elapsed() >= HISTORY_INTERVAL);
@@ -472,7 +728,7 @@ impl WriterState {
         if keep_history {
             self.last_history = Some(Instant::now());
         }
-        Ok((first, Arc::new(CommittedCheckpoint { head, note })))
+        Ok((first, Arc::new(CommittedCheckpoint { head, note }), counts))
     }
 
     /// Writes the newest checkpoint to the state file, at most once per interval unless forced.

@@ -37,11 +37,11 @@ pub enum WriteTx {
     Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
-fn to_i64(value: u64) -> Result<i64, StorageError> {
+pub(super) fn to_i64(value: u64) -> Result<i64, StorageError> {
     i64::try_from(value).map_err(|_| StorageError::Invariant(format!("{value} exceeds 2^63")))
 }
 
-fn to_u64(value: i64) -> Result<u64, StorageError> {
+pub(super) fn to_u64(value: i64) -> Result<u64, StorageError> {
     u64::try_from(value)
         .map_err(|_| StorageError::Invariant(format!("stored value {value} is negative")))
 }

@@ -20,6 +20,11 @@ const SQLITE: &[Migration] = &[
         name: "audit",
         sql: include_str!("../../migrations/sqlite/0002_audit.sql"),
     },
+    Migration {
+        version: 3,
+        name: "consent_exchange",
+        sql: include_str!("../../migrations/sqlite/0003_consent_exchange.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -32,6 +37,11 @@ const POSTGRES: &[Migration] = &[
         version: 2,
         name: "audit",
         sql: include_str!("../../migrations/postgres/0002_audit.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "consent_exchange",
+        sql: include_str!("../../migrations/postgres/0003_consent_exchange.sql"),
     },
 ];
 

@@ -18,8 +18,13 @@ macro_rules! on_each_engine {
 }
 
 mod audit;
+mod consents;
 mod manifest_state;
+mod messages;
 mod migrate;
+
+pub use consents::{NewConsent, StoredConsent, StoredEvent, consent};
+pub use messages::{InboxMessage, NewInboxMessage, SeenMessage, inbox_messages, seen_message};
 
 pub use audit::{
     AuditSnapshot, StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries,
@@ -46,6 +51,11 @@ pub enum StorageError {
     Query(#[from] sqlx::Error),
     #[error("refused by a storage invariant: {0}")]
     Invariant(String),
+}
+
+/// An instant as stored: RFC 3339 in UTC, so that stored times compare as text.
+pub(crate) fn db_time(t: time::OffsetDateTime) -> String {
+    crate::manifest::format_time(t.to_offset(time::UtcOffset::UTC))
 }
 
 /// A connection pool on one of the two supported engines.

@@ -4,6 +4,8 @@
 //! allows with [`Actor::require`]. Wire input is converted to domain types here, once. This
 //! module never speaks SQL; it calls `storage` and `federation`.
 
+pub mod consents;
+
 use crate::audit::entry::Decision;
 use crate::audited;
 use crate::domain::OrgId;
@@ -261,6 +263,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/api/v1")
                 .route("/whoami", web::get().to(whoami))
+                .route("/consents", web::post().to(consents::record))
+                .route("/consents/{id}", web::get().to(consents::get))
+                .route(
+                    "/consents/{id}/withdraw",
+                    web::post().to(consents::withdraw),
+                )
+                .route("/consents/{id}/bind", web::post().to(consents::bind))
                 .route("/peers/{org}/ping", web::post().to(ping_peer)),
         )
         .default_service(web::to(|| async { Problem::not_found().respond() }));

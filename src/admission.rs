@@ -1,0 +1,553 @@
+//! Admission of an envelope at this node's boundary, in the order of DESIGN §5: identity and
+//! routing, replay, the document checks of [`crate::boundary`] (size, CPR guard, schema), then
+//! the pure decision of [`crate::policy`].
+//!
+//! This is where a message is checked. The result is a decision that has not been answered
+//! yet: an audit record, the state changes that commit with it (the inbox row, the consent
+//! event, the remembered answer), and what to answer once the write path returned its receipt.
+//! `federation` appends and answers; nothing here writes. Reads (the replay table, consents)
+//! go through `storage`.
+
+use crate::audit::entry::{AuditRecord, Decision as AuditDecision};
+use crate::audited;
+use crate::boundary::{self, Refusal};
+use crate::consent::{self, ConsentEvent, ConsentRecord};
+use crate::domain::{
+    ConsentId, MessageId, MessageType, OrgId, OrgKind, PurposeId, PurposeRef, SubjectRef,
+};
+use crate::manifest::Member;
+use crate::node::NodeState;
+use crate::policy::{self, Decision, Denial, Exchange, Grant, Permit};
+use crate::problem::Problem;
+use crate::storage::{self, NewConsent, NewInboxMessage, SeenMessage};
+use crate::wire::{
+    AckActionKindV1, BodyV1, ConsentEndV1, EnvelopeV1, PurposeRefV1, RetentionBasisV1,
+};
+use crate::write_path::StateChange;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// What admission came to.
+pub enum Admission {
+    /// The same message id and the same bytes as before: the first answer again, and nothing
+    /// is recorded or changed.
+    Replay(SeenMessage, MessageId),
+    /// A decision to append to the audit log (with its changes) before answering.
+    Decided(Box<Decided>),
+}
+
+/// A decision not yet answered.
+pub struct Decided {
+    pub record: AuditRecord,
+    pub changes: Vec<StateChange>,
+    pub outcome: Outcome,
+}
+
+/// What to answer once the decision is durable.
+pub enum Outcome {
+    Refused(Problem),
+    Admitted {
+        message_id: MessageId,
+        /// For a withdrawal notice: the acknowledgement, whose counts are the results of the
+        /// changes at the given positions.
+        ack: Option<AckPlan>,
+    },
+}
+
+/// The acknowledgement of a withdrawal notice, to fill in from the change results.
+pub struct AckPlan {
+    pub actions: Vec<(AckActionKindV1, usize, Option<RetentionBasisV1>)>,
+}
+
+/// The fields of a document that admission reads before the schema: who claims to send it, to
+/// whom, and under which id.
+struct Header {
+    sender: Option<String>,
+    recipient: Option<String>,
+    message_id: Option<MessageId>,
+}
+
+fn header(document: &Value) -> Header {
+    let text = |key: &str| document.get(key).and_then(Value::as_str).map(str::to_owned);
+    Header {
+        sender: text("sender"),
+        recipient: text("recipient"),
+        message_id: text("message_id").and_then(|id| id.parse().ok()),
+    }
+}
+
+/// SHA-256 (hex) of the exact bytes.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+/// An envelope in domain types, converted once from the checked wire form.
+pub struct Envelope {
+    pub message_id: MessageId,
+    pub message_type: MessageType,
+    pub sender: OrgId,
+    pub recipient: OrgId,
+    pub purpose: PurposeRef,
+    pub consent: ConsentId,
+    pub subject: SubjectRef,
+    pub body: BodyV1,
+}
+
+fn purpose_ref(wire: &PurposeRefV1) -> Option<PurposeRef> {
+    let id: PurposeId = wire.id.parse().ok()?;
+    PurposeRef::new(id, wire.version).ok()
+}
+
+impl Envelope {
+    /// Converts a schema-valid envelope. The schema already constrains every field, so a
+    /// failure here is one more schema refusal.
+    fn from_wire(wire: EnvelopeV1) -> Result<Self, Refusal> {
+        let invalid = |pointer: &str| Refusal {
+            reason: "schema-invalid",
+            pointer: Some(pointer.to_owned()),
+            detail: "the value is not valid here".into(),
+        };
+        Ok(Self {
+            message_id: wire
+                .message_id
+                .parse()
+                .map_err(|_| invalid("/message_id"))?,
+            message_type: wire.message_type.parse().map_err(|_| invalid("/type"))?,
+            sender: wire.sender.parse().map_err(|_| invalid("/sender"))?,
+            recipient: wire.recipient.parse().map_err(|_| invalid("/recipient"))?,
+            purpose: purpose_ref(&wire.purpose).ok_or_else(|| invalid("/purpose"))?,
+            consent: wire
+                .consent_id
+                .parse()
+                .map_err(|_| invalid("/consent_id"))?,
+            subject: wire
+                .subject_ref
+                .parse()
+                .map_err(|_| invalid("/subject_ref"))?,
+            body: wire.body,
+        })
+    }
+}
+
+/// The names of the body's fields that are present, for the purpose's field rule.
+fn body_fields(body: &BodyV1) -> Vec<String> {
+    match serde_json::to_value(body) {
+        Ok(Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The audit record of an envelope decision, with what is known so far.
+fn envelope_record(
+    state: &NodeState,
+    peer: &OrgId,
+    envelope_sha256: &str,
+    envelope: Option<&Envelope>,
+) -> AuditRecord {
+    let mut record = audited::record(state, "federation.envelope", AuditDecision::Deny, None);
+    record.peer = Some(peer.to_string());
+    record.envelope_sha256 = Some(envelope_sha256.to_owned());
+    if let Some(e) = envelope {
+        record.message_id_hmac = Some(state.hmac.pseudonymise("message", e.message_id.as_str()));
+        record.message_type = Some(e.message_type.as_str().to_owned());
+        record.purpose = Some(e.purpose.to_string());
+        record.consent_hmac = Some(state.hmac.pseudonymise("consent", e.consent.as_str()));
+        record.subject_hmac = Some(state.hmac.pseudonymise("subject", &e.subject.to_string()));
+    }
+    record
+}
+
+/// Everything a refusal needs: the record, and what to remember for a replay.
+struct Refuse<'a> {
+    state: &'a NodeState,
+    peer: &'a OrgId,
+    envelope_sha256: &'a str,
+}
+
+impl Refuse<'_> {
+    /// A refusal; remembered under the message id when there is one, so that a replay of the
+    /// same bytes gets the same answer.
+    fn refuse(
+        &self,
+        problem: Problem,
+        message_id: Option<&MessageId>,
+        envelope: Option<&Envelope>,
+    ) -> Admission {
+        let mut record = envelope_record(self.state, self.peer, self.envelope_sha256, envelope);
+        record.decision = Some(AuditDecision::Deny);
+        record.reason = Some(problem.reason.to_owned());
+        let mut changes = Vec::new();
+        if let Some(id) = message_id
+            && let Ok(json) = serde_json::to_string(&problem)
+        {
+            changes.push(StateChange::remember_answer(
+                self.peer.clone(),
+                id.clone(),
+                self.envelope_sha256.to_owned(),
+                problem.status,
+                Some(json),
+            ));
+        }
+        Admission::Decided(Box::new(Decided {
+            record,
+            changes,
+            outcome: Outcome::Refused(problem),
+        }))
+    }
+}
+
+fn refusal_problem(refusal: Refusal) -> Problem {
+    Problem::refused(refusal.reason, refusal.detail, refusal.pointer)
+}
+
+fn denial_problem(denial: &Denial) -> Problem {
+    let detail = match denial.reason {
+        policy::DenyReason::FieldNotAllowed => {
+            "the purpose does not allow this field; nothing is stripped, so leave it out"
+        }
+        _ => "refused by the purpose and consent rules",
+    };
+    Problem::refused(denial.reason.code(), detail, denial.pointer.clone())
+}
+
+/// The kind of the member `org` in the current manifest.
+fn kind_of(state: &NodeState, org: &OrgId) -> Option<OrgKind> {
+    state.manifest.snapshot().member(org).map(|m| m.kind)
+}
+
+/// The consent this node holds under `id`, as the policy sees it.
+async fn consent_facts(
+    state: &NodeState,
+    id: &ConsentId,
+) -> Result<Option<ConsentRecord>, Problem> {
+    storage::consent(&state.db, id)
+        .await
+        .map(|c| c.map(|c| c.record))
+        .map_err(|e| Problem::unavailable(&e))
+}
+
+/// Admits (or refuses) one envelope from an authenticated peer.
+pub async fn admit_inbound(
+    state: &NodeState,
+    peer: &Member,
+    bytes: &[u8],
+) -> Result<Admission, Problem> {
+    let envelope_sha256 = sha256_hex(bytes);
+    let refuse = Refuse {
+        state,
+        peer: &peer.org,
+        envelope_sha256: &envelope_sha256,
+    };
+    let now = state.clock.now();
+    // The size limit comes first in practice: a node does not parse what it will not accept.
+    let document = match boundary::parse_document(bytes) {
+        Ok(document) => document,
+        Err(refusal) => return Ok(refuse.refuse(refusal_problem(refusal), None, None)),
+    };
+    // Step 1: the authenticated peer is the envelope's sender, and this node its recipient.
+    let header = header(&document);
+    if let Some(sender) = &header.sender
+        && sender != peer.org.as_str()
+    {
+        let problem = Problem::refused(
+            "sender-mismatch",
+            "the envelope's sender must be the organisation of the client certificate",
+            Some("/sender".into()),
+        );
+        return Ok(refuse.refuse(problem, None, None));
+    }
+    if let Some(recipient) = &header.recipient
+        && recipient != state.identity.org.as_str()
+    {
+        let problem = Problem::refused(
+            "recipient-mismatch",
+            format!("this node is `{}`", state.identity.org),
+            Some("/recipient".into()),
+        );
+        return Ok(refuse.refuse(problem, None, None));
+    }
+    // Step 2: replay. The same id and bytes get the first answer; other bytes are a conflict.
+    if let Some(id) = &header.message_id {
+        match storage::seen_message(&state.db, &peer.org, id).await {
+            Ok(Some(seen)) if seen.envelope_sha256 == envelope_sha256 => {
+                return Ok(Admission::Replay(seen, id.clone()));
+            }
+            Ok(Some(_)) => {
+                let problem = Problem::refused(
+                    "message-id-conflict",
+                    "this message id was used before with a different body; a new message needs a new id",
+                    Some("/message_id".into()),
+                );
+                return Ok(refuse.refuse(problem, None, None));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Problem::unavailable(&e)),
+        }
+    }
+    let message_id = header.message_id.as_ref();
+    // Step 3: the CPR guard and the schema, then the conversion to domain types, once.
+    let envelope =
+        match boundary::check_parsed(document, &state.schemas).and_then(Envelope::from_wire) {
+            Ok(envelope) => envelope,
+            Err(refusal) => return Ok(refuse.refuse(refusal_problem(refusal), message_id, None)),
+        };
+    // Steps 4 and 5: the pure decision, by kind of message.
+    let (Some(sender_kind), Some(recipient_kind)) = (
+        kind_of(state, &envelope.sender),
+        kind_of(state, &envelope.recipient),
+    ) else {
+        // Both are members (the peer was authenticated, this node is in its own manifest).
+        return Err(Problem::internal(
+            &"a party of an admitted envelope is not in the manifest",
+        ));
+    };
+    let catalogue = state.manifest.snapshot().catalogue.clone();
+    let existing = consent_facts(state, &envelope.consent).await?;
+    let existing_facts = existing.as_ref().and_then(ConsentRecord::facts);
+    match &envelope.body {
+        BodyV1::ConsentGranted(grant) => {
+            let purposes: Option<BTreeSet<PurposeRef>> =
+                grant.purposes.iter().map(purpose_ref).collect();
+            let dates = consent::parse_date(&grant.valid_from)
+                .zip(consent::parse_date(&grant.valid_until))
+                .and_then(|(from, last)| consent::validity_instants(from, last));
+            let (Some(purposes), Some((valid_from, valid_until))) = (purposes, dates) else {
+                let problem = Problem::refused(
+                    "schema-invalid",
+                    "a purpose or a date of the consent is not valid",
+                    Some("/body".into()),
+                );
+                return Ok(refuse.refuse(problem, message_id, Some(&envelope)));
+            };
+            let decision = policy::decide_grant(
+                &Grant {
+                    consent: &envelope.consent,
+                    sender: &envelope.sender,
+                    sender_kind,
+                    recipient: &envelope.recipient,
+                    recipient_kind,
+                    purpose: &envelope.purpose,
+                    purposes: &purposes,
+                    valid_from,
+                    valid_until,
+                },
+                &catalogue,
+                existing_facts.as_ref(),
+                now,
+            );
+            let permit = match decision {
+                Decision::Permit(permit) => permit,
+                Decision::Deny(denial) => {
+                    return Ok(refuse.refuse(denial_problem(&denial), message_id, Some(&envelope)));
+                }
+            };
+            let terms = serde_json::to_string(grant).map_err(|e| Problem::internal(&e))?;
+            let record = ConsentRecord {
+                id: envelope.consent.clone(),
+                subject: envelope.subject,
+                recording_org: envelope.sender.clone(),
+                counterpart: envelope.recipient.clone(),
+                purposes,
+                valid_from,
+                valid_until,
+                events: vec![ConsentEvent::Given],
+            };
+            let change = StateChange::record_consent(
+                &permit,
+                NewConsent {
+                    record,
+                    terms,
+                    local_subject_key: None,
+                    binding_code_hash: grant.binding_code_hash.clone(),
+                    created_at: now,
+                },
+            );
+            Ok(admitted(
+                state,
+                &refuse,
+                &envelope,
+                permit,
+                vec![change],
+                None,
+            ))
+        }
+        BodyV1::ConsentWithdrawn(withdrawn) => {
+            let decision = policy::decide_withdrawal(
+                &envelope.sender,
+                &envelope.subject,
+                existing_facts.as_ref(),
+            );
+            let permit = match decision {
+                Decision::Permit(permit) => permit,
+                Decision::Deny(denial) => {
+                    return Ok(refuse.refuse(denial_problem(&denial), message_id, Some(&envelope)));
+                }
+            };
+            let (changes, ack) = match &existing_facts {
+                // Unknown here: answered cleanly, nothing to do.
+                None => (
+                    Vec::new(),
+                    AckPlan {
+                        actions: Vec::new(),
+                    },
+                ),
+                Some(facts) => {
+                    let mut changes = Vec::new();
+                    if facts.status.permits_processing() {
+                        changes.push(StateChange::consent_event(
+                            &permit,
+                            envelope.consent.clone(),
+                            end_event(withdrawn.event),
+                            now,
+                            envelope.sender.clone(),
+                        ));
+                    }
+                    let ack = withdrawal_consequences(
+                        &permit,
+                        state_kind(state),
+                        &envelope.consent,
+                        &mut changes,
+                    );
+                    (changes, ack)
+                }
+            };
+            Ok(admitted(
+                state,
+                &refuse,
+                &envelope,
+                permit,
+                changes,
+                Some(ack),
+            ))
+        }
+        BodyV1::Ack(_) => {
+            // In v1 an acknowledgement travels in the answer to a withdrawal, never on its own.
+            let problem = Problem::refused(
+                "type-not-allowed",
+                "an ack is the answer to a withdrawal notice, not a message of its own",
+                Some("/type".into()),
+            );
+            Ok(refuse.refuse(problem, message_id, Some(&envelope)))
+        }
+        BodyV1::ActivitySummary(_) | BodyV1::Referral(_) | BodyV1::ReferralResponse(_) => {
+            let fields = body_fields(&envelope.body);
+            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+            let decision = policy::decide(
+                &Exchange {
+                    message_type: envelope.message_type,
+                    sender: &envelope.sender,
+                    sender_kind,
+                    recipient: &envelope.recipient,
+                    recipient_kind,
+                    purpose: &envelope.purpose,
+                    consent: &envelope.consent,
+                    subject: &envelope.subject,
+                    body_fields: &fields,
+                },
+                &catalogue,
+                existing_facts.as_ref(),
+                now,
+            );
+            let permit = match decision {
+                Decision::Permit(permit) => permit,
+                Decision::Deny(denial) => {
+                    return Ok(refuse.refuse(denial_problem(&denial), message_id, Some(&envelope)));
+                }
+            };
+            let change = StateChange::store_inbound(
+                &permit,
+                NewInboxMessage {
+                    sender: envelope.sender.clone(),
+                    message_id: envelope.message_id.clone(),
+                    message_type: envelope.message_type,
+                    purpose: envelope.purpose.clone(),
+                    consent: envelope.consent.clone(),
+                    subject: envelope.subject,
+                    envelope: bytes.to_vec(),
+                    received_at: now,
+                },
+            );
+            Ok(admitted(
+                state,
+                &refuse,
+                &envelope,
+                permit,
+                vec![change],
+                None,
+            ))
+        }
+    }
+}
+
+/// This node's own kind.
+fn state_kind(state: &NodeState) -> OrgKind {
+    kind_of(state, &state.identity.org).unwrap_or(OrgKind::Municipality)
+}
+
+/// The event a withdrawal notice records.
+pub fn end_event(end: ConsentEndV1) -> ConsentEvent {
+    match end {
+        ConsentEndV1::WithdrawnBySubject => ConsentEvent::WithdrawnBySubject,
+        ConsentEndV1::Revoked => ConsentEvent::Revoked,
+        ConsentEndV1::Expired => ConsentEvent::Expired,
+        ConsentEndV1::Invalidated => ConsentEvent::Invalidated,
+    }
+}
+
+/// What this node does with what it received under a withdrawn consent (DESIGN §3): an NGO
+/// deletes it; a public authority keeps it under its archival duty and says so. Appends the
+/// changes and returns the acknowledgement to fill in from their results.
+pub fn withdrawal_consequences(
+    permit: &Permit,
+    own_kind: OrgKind,
+    consent: &ConsentId,
+    changes: &mut Vec<StateChange>,
+) -> AckPlan {
+    let position = changes.len();
+    match own_kind {
+        OrgKind::Ngo => {
+            changes.push(StateChange::delete_received(permit, consent.clone()));
+            AckPlan {
+                actions: vec![(AckActionKindV1::DeletedReceived, position, None)],
+            }
+        }
+        OrgKind::Municipality | OrgKind::Region => {
+            changes.push(StateChange::count_received(consent.clone()));
+            AckPlan {
+                actions: vec![(
+                    AckActionKindV1::RetainedWithBasis,
+                    position,
+                    Some(RetentionBasisV1::Arkivloven),
+                )],
+            }
+        }
+    }
+}
+
+/// An admitted envelope: its permit record, its changes, and the remembered answer.
+fn admitted(
+    state: &NodeState,
+    refuse: &Refuse<'_>,
+    envelope: &Envelope,
+    _permit: Permit,
+    mut changes: Vec<StateChange>,
+    ack: Option<AckPlan>,
+) -> Admission {
+    let mut record = envelope_record(state, refuse.peer, refuse.envelope_sha256, Some(envelope));
+    record.decision = Some(AuditDecision::Permit);
+    changes.push(StateChange::remember_answer(
+        refuse.peer.clone(),
+        envelope.message_id.clone(),
+        refuse.envelope_sha256.to_owned(),
+        200,
+        None,
+    ));
+    Admission::Decided(Box::new(Decided {
+        record,
+        changes,
+        outcome: Outcome::Admitted {
+            message_id: envelope.message_id.clone(),
+            ack,
+        },
+    }))
+}

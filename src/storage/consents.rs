@@ -1,0 +1,289 @@
+//! Consents and their event logs. Every change happens inside a [`WriteTx`], in the same
+//! transaction as the audit entry that records it.
+
+use super::audit::to_i64;
+use super::db_time as format_time;
+use super::{Database, StorageError, WriteTx};
+use crate::consent::{ConsentEvent, ConsentRecord};
+use crate::domain::{ConsentId, OrgId, PurposeId, PurposeRef};
+use std::collections::BTreeSet;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A consent to store, with its first event.
+#[derive(Debug, Clone)]
+pub struct NewConsent {
+    pub record: ConsentRecord,
+    /// The consent.granted body (JSON) as exchanged.
+    pub terms: String,
+    /// This node's key for the child: known when this node recorded the consent.
+    pub local_subject_key: Option<String>,
+    pub binding_code_hash: String,
+    pub created_at: OffsetDateTime,
+}
+
+/// One event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub event: ConsentEvent,
+    pub at: OffsetDateTime,
+    pub recorded_by: OrgId,
+}
+
+/// A consent as stored.
+#[derive(Debug, Clone)]
+pub struct StoredConsent {
+    pub record: ConsentRecord,
+    pub terms: String,
+    pub local_subject_key: Option<String>,
+    pub bound_at: Option<OffsetDateTime>,
+    pub binding_code_hash: String,
+    /// Wrong codes in a row since the last lock.
+    pub binding_failures: u32,
+    /// Wrong codes ever entered.
+    pub binding_failures_total: u32,
+    pub binding_locked_until: Option<OffsetDateTime>,
+    pub created_at: OffsetDateTime,
+    pub events: Vec<StoredEvent>,
+}
+
+fn invariant(what: &str) -> StorageError {
+    StorageError::Invariant(format!("a stored consent has an invalid {what}"))
+}
+
+fn parse_time(value: &str, what: &str) -> Result<OffsetDateTime, StorageError> {
+    OffsetDateTime::parse(value, &Rfc3339).map_err(|_| invariant(what))
+}
+
+fn encode_purposes(purposes: &BTreeSet<PurposeRef>) -> String {
+    purposes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn decode_purposes(value: &str) -> Result<BTreeSet<PurposeRef>, StorageError> {
+    value
+        .split_whitespace()
+        .map(|p| {
+            let (id, version) = p.split_once('@').ok_or_else(|| invariant("purpose"))?;
+            let id: PurposeId = id.parse().map_err(|_| invariant("purpose id"))?;
+            let version: u32 = version.parse().map_err(|_| invariant("purpose version"))?;
+            PurposeRef::new(id, version).map_err(|_| invariant("purpose"))
+        })
+        .collect()
+}
+
+fn to_u32(value: i64, what: &str) -> Result<u32, StorageError> {
+    u32::try_from(value).map_err(|_| invariant(what))
+}
+
+type ConsentRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    i64,
+    i64,
+    Option<String>,
+    String,
+);
+
+const CONSENT_QUERY: &str = "SELECT consent_id, subject_ref, recording_org, counterpart, purposes, \
+     terms, valid_from, valid_until, local_subject_key, bound_at, binding_code_hash, \
+     binding_failures, binding_failures_total, binding_locked_until, created_at \
+     FROM consents WHERE consent_id = $1";
+const EVENTS_QUERY: &str = "SELECT event, at, recorded_by FROM consent_events \
+     WHERE consent_id = $1 ORDER BY seq";
+
+/// The consent with this id and its events, if this node holds it.
+pub async fn consent(db: &Database, id: &ConsentId) -> Result<Option<StoredConsent>, StorageError> {
+    let (row, events): (Option<ConsentRow>, Vec<(String, String, String)>) =
+        on_each_engine!(db, Database, |pool| {
+            let row = sqlx::query_as(CONSENT_QUERY)
+                .bind(id.as_str())
+                .fetch_optional(pool)
+                .await?;
+            let events = sqlx::query_as(EVENTS_QUERY)
+                .bind(id.as_str())
+                .fetch_all(pool)
+                .await?;
+            (row, events)
+        });
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (
+        consent_id,
+        subject_ref,
+        recording_org,
+        counterpart,
+        purposes,
+        terms,
+        valid_from,
+        valid_until,
+        local_subject_key,
+        bound_at,
+        binding_code_hash,
+        binding_failures,
+        binding_failures_total,
+        binding_locked_until,
+        created_at,
+    ) = row;
+    let events = events
+        .into_iter()
+        .map(|(event, at, by)| {
+            Ok(StoredEvent {
+                event: event.parse().map_err(|_| invariant("event"))?,
+                at: parse_time(&at, "event time")?,
+                recorded_by: by.parse().map_err(|_| invariant("event org"))?,
+            })
+        })
+        .collect::<Result<Vec<_>, StorageError>>()?;
+    let record = ConsentRecord {
+        id: consent_id.parse().map_err(|_| invariant("id"))?,
+        subject: subject_ref.parse().map_err(|_| invariant("subject"))?,
+        recording_org: recording_org
+            .parse()
+            .map_err(|_| invariant("recording org"))?,
+        counterpart: counterpart.parse().map_err(|_| invariant("counterpart"))?,
+        purposes: decode_purposes(&purposes)?,
+        valid_from: parse_time(&valid_from, "valid_from")?,
+        valid_until: parse_time(&valid_until, "valid_until")?,
+        events: events.iter().map(|e| e.event).collect(),
+    };
+    Ok(Some(StoredConsent {
+        record,
+        terms,
+        local_subject_key,
+        bound_at: bound_at
+            .as_deref()
+            .map(|t| parse_time(t, "bound_at"))
+            .transpose()?,
+        binding_code_hash,
+        binding_failures: to_u32(binding_failures, "failure count")?,
+        binding_failures_total: to_u32(binding_failures_total, "failure count")?,
+        binding_locked_until: binding_locked_until
+            .as_deref()
+            .map(|t| parse_time(t, "lock"))
+            .transpose()?,
+        created_at: parse_time(&created_at, "created_at")?,
+        events,
+    }))
+}
+
+impl WriteTx {
+    /// Stores a new consent. Returns 0 if a consent with that id exists already (nothing is
+    /// changed then), 1 otherwise.
+    pub async fn insert_consent(&mut self, new: &NewConsent) -> Result<u64, StorageError> {
+        let r = &new.record;
+        let sql = "INSERT INTO consents (consent_id, subject_ref, recording_org, counterpart, \
+                   purposes, terms, valid_from, valid_until, local_subject_key, bound_at, \
+                   binding_code_hash, created_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                   ON CONFLICT (consent_id) DO NOTHING";
+        let bound_at = new
+            .local_subject_key
+            .as_ref()
+            .map(|_| format_time(new.created_at));
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query(sql)
+                .bind(r.id.as_str())
+                .bind(r.subject.to_string())
+                .bind(r.recording_org.as_str())
+                .bind(r.counterpart.as_str())
+                .bind(encode_purposes(&r.purposes))
+                .bind(&new.terms)
+                .bind(format_time(r.valid_from))
+                .bind(format_time(r.valid_until))
+                .bind(new.local_subject_key.as_deref())
+                .bind(bound_at)
+                .bind(&new.binding_code_hash)
+                .bind(format_time(new.created_at))
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(rows)
+    }
+
+    /// Appends an event to a consent's log.
+    pub async fn append_consent_event(
+        &mut self,
+        id: &ConsentId,
+        event: ConsentEvent,
+        at: OffsetDateTime,
+        recorded_by: &OrgId,
+        audit_idx: u64,
+    ) -> Result<u64, StorageError> {
+        let sql = "INSERT INTO consent_events (consent_id, seq, event, at, recorded_by, audit_idx) \
+                   SELECT $1, COALESCE(MAX(seq) + 1, 0), $2, $3, $4, $5 \
+                   FROM consent_events WHERE consent_id = $1";
+        let audit_idx = to_i64(audit_idx)?;
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .bind(event.as_str())
+                .bind(format_time(at))
+                .bind(recorded_by.as_str())
+                .bind(audit_idx)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(rows)
+    }
+
+    /// Records a wrong binding code: the count in a row, one more in total, and the lock.
+    pub async fn record_binding_failure(
+        &mut self,
+        id: &ConsentId,
+        failures_in_a_row: u32,
+        locked_until: Option<OffsetDateTime>,
+    ) -> Result<u64, StorageError> {
+        let sql = "UPDATE consents SET binding_failures = $2, \
+                   binding_failures_total = binding_failures_total + 1, \
+                   binding_locked_until = $3 WHERE consent_id = $1";
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .bind(i64::from(failures_in_a_row))
+                .bind(locked_until.map(format_time))
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(rows)
+    }
+
+    /// Binds an unbound consent to this node's key for the child. The statement itself
+    /// refuses a second binding: it returns 0 if the consent was bound already.
+    pub async fn bind_consent(
+        &mut self,
+        id: &ConsentId,
+        local_subject_key: &str,
+        at: OffsetDateTime,
+    ) -> Result<u64, StorageError> {
+        let sql = "UPDATE consents SET local_subject_key = $2, bound_at = $3, \
+                   binding_failures = 0, binding_locked_until = NULL \
+                   WHERE consent_id = $1 AND local_subject_key IS NULL";
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .bind(local_subject_key)
+                .bind(format_time(at))
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(rows)
+    }
+}

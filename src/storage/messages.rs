@@ -1,0 +1,194 @@
+//! Messages at this node's boundary: the replay table (every message id a sender used, with the
+//! first answer) and the inbox of admitted messages. Written only inside a [`WriteTx`], in the
+//! same transaction as the audit entry of the decision.
+
+use super::audit::{to_i64, to_u64};
+use super::{Database, StorageError, WriteTx, db_time};
+use crate::domain::{ConsentId, MessageId, MessageType, OrgId, PurposeRef, SubjectRef};
+use time::OffsetDateTime;
+
+/// The first answer to a message id, as remembered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenMessage {
+    /// SHA-256 (hex) of the exact envelope bytes first received under this id.
+    pub envelope_sha256: String,
+    pub status: u16,
+    /// The problem document of a refusal; `None` if the message was admitted.
+    pub problem: Option<String>,
+    /// The audit entry of the first decision.
+    pub audit_idx: u64,
+}
+
+/// The first answer to `message_id` from `sender`, if it was seen.
+pub async fn seen_message(
+    db: &Database,
+    sender: &OrgId,
+    message_id: &MessageId,
+) -> Result<Option<SeenMessage>, StorageError> {
+    let sql = "SELECT envelope_sha256, status, problem, audit_idx FROM seen_messages \
+               WHERE sender = $1 AND message_id = $2";
+    let row: Option<(String, i32, Option<String>, i64)> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_as(sql)
+            .bind(sender.as_str())
+            .bind(message_id.as_str())
+            .fetch_optional(pool)
+            .await?
+    });
+    row.map(|(envelope_sha256, status, problem, audit_idx)| {
+        Ok(SeenMessage {
+            envelope_sha256,
+            status: u16::try_from(status)
+                .map_err(|_| StorageError::Invariant("a stored status is out of range".into()))?,
+            problem,
+            audit_idx: to_u64(audit_idx)?,
+        })
+    })
+    .transpose()
+}
+
+/// An admitted message to store in the inbox.
+#[derive(Debug, Clone)]
+pub struct NewInboxMessage {
+    pub sender: OrgId,
+    pub message_id: MessageId,
+    pub message_type: MessageType,
+    pub purpose: PurposeRef,
+    pub consent: ConsentId,
+    pub subject: SubjectRef,
+    /// The exact bytes received.
+    pub envelope: Vec<u8>,
+    pub received_at: OffsetDateTime,
+}
+
+/// A message in the inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxMessage {
+    pub sender: String,
+    pub message_id: String,
+    pub message_type: String,
+    pub purpose: String,
+    pub consent_id: String,
+    pub subject_ref: String,
+    pub envelope: Vec<u8>,
+    pub received_at: String,
+    pub audit_idx: u64,
+}
+
+/// The whole inbox, oldest first.
+pub async fn inbox_messages(db: &Database) -> Result<Vec<InboxMessage>, StorageError> {
+    let sql = "SELECT sender, message_id, message_type, purpose, consent_id, subject_ref, \
+               envelope, received_at, audit_idx FROM inbox ORDER BY received_at, audit_idx";
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        Vec<u8>,
+        String,
+        i64,
+    );
+    let rows: Vec<Row> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_as(sql).fetch_all(pool).await?
+    });
+    rows.into_iter()
+        .map(|r| {
+            Ok(InboxMessage {
+                sender: r.0,
+                message_id: r.1,
+                message_type: r.2,
+                purpose: r.3,
+                consent_id: r.4,
+                subject_ref: r.5,
+                envelope: r.6,
+                received_at: r.7,
+                audit_idx: to_u64(r.8)?,
+            })
+        })
+        .collect()
+}
+
+impl WriteTx {
+    /// Remembers the first answer to a message id. A second answer to the same id (a replay
+    /// that raced the first) changes nothing.
+    pub async fn remember_message(
+        &mut self,
+        sender: &OrgId,
+        message_id: &MessageId,
+        envelope_sha256: &str,
+        status: u16,
+        problem: Option<&str>,
+        audit_idx: u64,
+    ) -> Result<u64, StorageError> {
+        let sql = "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
+                   problem, audit_idx) VALUES ($1, $2, $3, $4, $5, $6) \
+                   ON CONFLICT (sender, message_id) DO NOTHING";
+        let audit_idx = to_i64(audit_idx)?;
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query(sql)
+                .bind(sender.as_str())
+                .bind(message_id.as_str())
+                .bind(envelope_sha256)
+                .bind(i32::from(status))
+                .bind(problem)
+                .bind(audit_idx)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(rows)
+    }
+
+    /// Stores an admitted message; a second copy of the same message changes nothing.
+    pub async fn insert_inbox(
+        &mut self,
+        message: &NewInboxMessage,
+        audit_idx: u64,
+    ) -> Result<u64, StorageError> {
+        let sql = "INSERT INTO inbox (sender, message_id, message_type, purpose, consent_id, \
+                   subject_ref, envelope, received_at, audit_idx) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                   ON CONFLICT (sender, message_id) DO NOTHING";
+        let audit_idx = to_i64(audit_idx)?;
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query(sql)
+                .bind(message.sender.as_str())
+                .bind(message.message_id.as_str())
+                .bind(message.message_type.as_str())
+                .bind(message.purpose.to_string())
+                .bind(message.consent.as_str())
+                .bind(message.subject.to_string())
+                .bind(message.envelope.as_slice())
+                .bind(db_time(message.received_at))
+                .bind(audit_idx)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(rows)
+    }
+
+    /// Deletes what was received under a consent (after its withdrawal); returns how many.
+    pub async fn delete_inbox_for_consent(&mut self, id: &ConsentId) -> Result<u64, StorageError> {
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query("DELETE FROM inbox WHERE consent_id = $1")
+                .bind(id.as_str())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(rows)
+    }
+
+    /// How many messages received under a consent are kept.
+    pub async fn count_inbox_for_consent(&mut self, id: &ConsentId) -> Result<u64, StorageError> {
+        let count: i64 = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE consent_id = $1")
+                .bind(id.as_str())
+                .fetch_one(&mut **tx)
+                .await?
+        });
+        to_u64(count)
+    }
+}
