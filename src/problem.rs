@@ -250,6 +250,15 @@ fn refusal_status_and_title(reason: &str) -> (StatusCode, &'static str) {
             S::UNPROCESSABLE_ENTITY,
             "The consent's validity is empty or longer than its purposes allow",
         ),
+        "binding-code-wrong" => (S::FORBIDDEN, "The binding code is not right"),
+        "binding-locked" => (
+            S::TOO_MANY_REQUESTS,
+            "Too many wrong binding codes; binding is locked for a while",
+        ),
+        "already-bound" => (
+            S::CONFLICT,
+            "The consent is bound already; a binding code works once",
+        ),
         _ => (S::FORBIDDEN, "The request was refused"),
     }
 }

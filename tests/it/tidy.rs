@@ -46,6 +46,7 @@ fn the_pure_modules_do_no_io() {
         "src/audit/entry.rs",
         "src/audit/verify.rs",
         "src/policy.rs",
+        "src/consent.rs",
         "src/cpr.rs",
         "src/strict_json.rs",
         "src/boundary.rs",

@@ -186,6 +186,11 @@ pub struct TestFederation {
 
 impl TestFederation {
     pub async fn start(orgs: &[(&str, OrgKind)], engine: Engine) -> Self {
+        Self::start_with_clock(orgs, engine, Clock::system()).await
+    }
+
+    /// Starts the nodes sharing `clock` (a manual clock lets a test move time for all).
+    pub async fn start_with_clock(orgs: &[(&str, OrgKind)], engine: Engine, clock: Clock) -> Self {
         init_tracing();
         let pki = TestPki::new(orgs);
         let mut nodes = Vec::new();
@@ -198,7 +203,7 @@ impl TestFederation {
                 databases.push(db);
             }
             let config = pki.config(org, &extra);
-            let running = node::start(config, Clock::system()).await.unwrap();
+            let running = node::start(config, clock.clone()).await.unwrap();
             nodes.push((org.parse().unwrap(), running));
         }
         let federation = Self {
@@ -263,7 +268,8 @@ impl TestFederation {
             roles,
             None,
             600,
-            OffsetDateTime::now_utc().unix_timestamp(),
+            // The node's clock: a test that moves a manual clock still gets a fresh token.
+            self.node(org).state.clock.now().unix_timestamp(),
         )
     }
 
@@ -400,10 +406,34 @@ pub async fn raw_connect(
 
 /// Sends one keep-alive HTTP/1.1 GET on an open TLS stream and reads the response.
 pub async fn raw_get(stream: &mut RawTls, path: &str) -> std::io::Result<(u16, String)> {
+    raw_request(stream, "GET", path, None).await
+}
+
+/// Sends one keep-alive HTTP/1.1 request (with a JSON body, if any) and reads the response.
+pub async fn raw_request(
+    stream: &mut RawTls,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: brobygger.test\r\nConnection: keep-alive\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: brobygger.test\r\nConnection: keep-alive\r\n")
+            .into_bytes();
+    if let Some(body) = body {
+        request.extend_from_slice(
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+    }
+    request.extend_from_slice(b"\r\n");
+    if let Some(body) = body {
+        request.extend_from_slice(body);
+    }
+    stream.write_all(&request).await?;
     stream.flush().await?;
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
