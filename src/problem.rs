@@ -192,6 +192,33 @@ impl Problem {
     }
 }
 
+/// Every reason code [`Problem::refused`] knows, for the documentation test.
+pub const REFUSAL_CODES: &[&str] = &[
+    "sender-mismatch",
+    "recipient-mismatch",
+    "message-id-conflict",
+    "body-too-large",
+    "malformed-json",
+    "cpr-detected",
+    "schema-invalid",
+    "field-not-allowed",
+    "purpose-unknown",
+    "purpose-inactive",
+    "type-not-allowed",
+    "direction-not-allowed",
+    "consent-unknown",
+    "subject-not-in-consent",
+    "consent-not-active",
+    "consent-expired",
+    "party-not-in-consent",
+    "purpose-not-in-consent",
+    "consent-exists",
+    "consent-validity-invalid",
+    "binding-code-wrong",
+    "binding-locked",
+    "already-bound",
+];
+
 /// The status and title of each admission refusal. Unknown codes are a programming error and
 /// read as a plain 403.
 fn refusal_status_and_title(reason: &str) -> (StatusCode, &'static str) {

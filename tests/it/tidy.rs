@@ -110,3 +110,23 @@ fn only_storage_speaks_sql() {
         }
     }
 }
+
+#[test]
+fn every_reason_code_is_in_the_documentation_table_with_its_own_title() {
+    let docs = source("docs/reason-codes.md");
+    let policy_codes = brobygger::policy::DenyReason::ALL.map(|r| r.code());
+    for code in brobygger::problem::REFUSAL_CODES
+        .iter()
+        .chain(policy_codes.iter())
+    {
+        assert!(
+            docs.contains(&format!("| `{code}` |")),
+            "docs/reason-codes.md must list `{code}`"
+        );
+        let problem = brobygger::problem::Problem::refused(code, "", None);
+        assert_ne!(
+            problem.title, "The request was refused",
+            "{code} needs its own title"
+        );
+    }
+}
