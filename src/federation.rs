@@ -200,6 +200,9 @@ impl actix_web::Responder for EnvelopeAnswer {
     }
 }
 
+/// The header that marks the answer to a replay (the body is the first answer, unchanged).
+pub const REPLAYED_HEADER: &str = "brobygger-replayed";
+
 /// `POST /fed/v1/envelopes`: admission (DESIGN §5), the audit append with the state changes
 /// of the decision in one transaction, then the answer: a receipt or a problem.
 async fn receive_envelope(
@@ -214,7 +217,7 @@ async fn receive_envelope(
         .unwrap_or_else(|| vec![b' '; crate::boundary::MAX_ENVELOPE_BYTES + 1]);
     match admission::admit_inbound(&state, &peer.member, &bytes).await? {
         Admission::Replay(seen, message_id) => Ok(EnvelopeAnswer::Replay(
-            replay_answer(&state, seen, &message_id).await?,
+            replay_answer(&state, &peer.member.org, seen, &message_id).await?,
         )),
         Admission::Decided(decided) => {
             let decided = *decided;
@@ -227,13 +230,34 @@ async fn receive_envelope(
                 Outcome::Refused(problem) => problem.respond(),
                 Outcome::Admitted { message_id, ack } => {
                     let ack = ack.map(|plan| fill_ack(&state, &message_id, &plan, &counts));
-                    HttpResponse::Ok().json(ReceiptV1 {
-                        message_id: message_id.to_string(),
-                        leaf_index: receipt.index,
-                        checkpoint: receipt.checkpoint.note.clone(),
-                        replayed: false,
+                    let (Some(entry), Some(proof)) = (receipt.entry(), receipt.inclusion_proof())
+                    else {
+                        return Err(Problem::internal(&"a receipt without its entry or proof"));
+                    };
+                    let answer = crate::receipt::build(
+                        message_id.as_str(),
+                        receipt.index,
+                        entry,
+                        &proof,
+                        &receipt.checkpoint.note,
                         ack,
-                    })
+                    );
+                    let json = serde_json::to_string(&answer).map_err(|e| Problem::internal(&e))?;
+                    // Stored before it is sent, so a replay gets exactly this receipt. If the
+                    // node stops in between, the first replay rebuilds one.
+                    if let Err(e) = crate::storage::store_receipt(
+                        &state.db,
+                        &peer.member.org,
+                        &message_id,
+                        &json,
+                    )
+                    .await
+                    {
+                        tracing::warn!(error = %e, "could not store a receipt; a replay will rebuild it");
+                    }
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(json)
                 }
             };
             Ok(EnvelopeAnswer::Fresh(Audited::new(receipt, response)))
@@ -263,10 +287,10 @@ pub fn fill_ack(
     }
 }
 
-/// The first answer to a replayed message: the same problem, or the receipt of the entry that
-/// admitted it with the latest checkpoint (which covers it).
+/// The first answer to a replayed message: the same problem, or the same receipt.
 async fn replay_answer(
     state: &NodeState,
+    sender: &OrgId,
     seen: SeenMessage,
     message_id: &crate::domain::MessageId,
 ) -> Result<HttpResponse, Problem> {
@@ -275,19 +299,59 @@ async fn replay_answer(
         let status = StatusCode::from_u16(seen.status).unwrap_or(StatusCode::FORBIDDEN);
         return Ok(HttpResponse::build(status)
             .content_type(crate::problem::CONTENT_TYPE)
+            .insert_header((REPLAYED_HEADER, "true"))
             .body(problem));
     }
-    let checkpoint = crate::storage::latest_audit_checkpoint(&state.db)
+    let receipt = match seen.receipt {
+        Some(receipt) => receipt,
+        None => rebuild_receipt(state, sender, message_id, seen.audit_idx).await?,
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header((REPLAYED_HEADER, "true"))
+        .body(receipt))
+}
+
+/// Rebuilds the receipt of an admitted message whose receipt was never stored (the node stopped
+/// between the commit and the answer): its entry, a proof in the latest checkpoint's tree, and
+/// that checkpoint. Stored, so every later replay gets the same. Reads the leaf hashes up to the
+/// checkpoint, so it costs O(n); it only runs after a crash in that window.
+async fn rebuild_receipt(
+    state: &NodeState,
+    sender: &OrgId,
+    message_id: &crate::domain::MessageId,
+    index: u64,
+) -> Result<String, Problem> {
+    use crate::storage;
+    let unavailable = |e: storage::StorageError| Problem::unavailable(&e);
+    let note = storage::latest_audit_checkpoint(&state.db)
         .await
-        .map_err(|e| Problem::unavailable(&e))?
-        .ok_or_else(|| Problem::internal(&"a remembered message but no checkpoint"))?;
-    Ok(HttpResponse::Ok().json(ReceiptV1 {
-        message_id: message_id.to_string(),
-        leaf_index: seen.audit_idx,
-        checkpoint,
-        replayed: true,
-        ack: None,
-    }))
+        .map_err(unavailable)?
+        .ok_or_else(|| Problem::internal(&"no checkpoint for a remembered message"))?;
+    let checkpoint = crate::audit::checkpoint::Checkpoint::open(&note, &state.audit_verifier_key)
+        .map_err(|e| Problem::internal(&e))?;
+    let leaves = storage::audit_leaf_hashes(&state.db, checkpoint.head.size)
+        .await
+        .map_err(unavailable)?;
+    let entry = storage::audit_entry(&state.db, index)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Problem::internal(&"the admitting entry is missing"))?;
+    let proof = usize::try_from(index)
+        .ok()
+        .and_then(|i| crate::audit::merkle::inclusion_proof(&leaves, i))
+        .ok_or_else(|| Problem::internal(&"the admitting entry is outside the checkpoint"))?;
+    let answer = crate::receipt::build(message_id.as_str(), index, &entry, &proof, &note, None);
+    let json = serde_json::to_string(&answer).map_err(|e| Problem::internal(&e))?;
+    storage::store_receipt(&state.db, sender, message_id, &json)
+        .await
+        .map_err(unavailable)?;
+    // Another replay may have stored its own first: answer with whatever is stored.
+    let stored = storage::seen_message(&state.db, sender, message_id)
+        .await
+        .map_err(unavailable)?
+        .and_then(|seen| seen.receipt);
+    Ok(stored.unwrap_or(json))
 }
 
 /// The federation listener's routes.

@@ -21,6 +21,7 @@ pub mod node;
 pub mod pki;
 pub mod policy;
 pub mod problem;
+pub mod receipt;
 pub mod schema;
 pub mod signed_note;
 pub mod storage;

@@ -301,18 +301,21 @@ pub struct AckV1 {
     pub at: String,
 }
 
-/// The answer to an admitted envelope: the receiver's own audit log speaking. The leaf index of
-/// the entry that admitted the message and a checkpoint, signed by the receiver, that covers it.
+/// The answer to an admitted envelope: the receiver's own audit log speaking (DESIGN §6). The
+/// entry that admitted the message, its leaf index, its inclusion proof, and a checkpoint signed
+/// by the receiver whose tree contains it. The sender checks it with the receiver's verifier key
+/// from the manifest (`receipt::verify`). A replay of the same bytes gets the same receipt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptV1 {
     pub message_id: String,
     pub leaf_index: u64,
-    /// A C2SP signed checkpoint (signed note) of the receiver's log, of a size above
-    /// `leaf_index`.
+    /// The audit entry's bytes, base64 (standard alphabet, padded).
+    pub entry: String,
+    /// The inclusion proof, deepest sibling first, each hash as lowercase hex.
+    pub inclusion_proof: Vec<String>,
+    /// A C2SP signed checkpoint (signed note) of the receiver's log covering the entry.
     pub checkpoint: String,
-    /// `true` if this answers a replay of a message admitted before.
-    pub replayed: bool,
     /// For a withdrawal notice: what the receiver did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<AckV1>,

@@ -14,7 +14,7 @@
 
 use crate::audit::checkpoint::{Checkpoint, TreeHead};
 use crate::audit::entry::{self, AuditRecord, EntryError};
-use crate::audit::merkle;
+use crate::audit::merkle::{self, BatchTree};
 use crate::consent::{CodeVerified, ConsentEvent};
 use crate::domain::{ConsentId, MessageId, OrgId};
 use crate::policy::Permit;
@@ -69,6 +69,32 @@ pub struct CommittedCheckpoint {
 pub struct AuditReceipt {
     pub index: u64,
     pub checkpoint: Arc<CommittedCheckpoint>,
+    /// What the commit knew of the tree and its entries, to prove the entry's inclusion in
+    /// the checkpoint.
+    batch: Arc<CommittedBatch>,
+}
+
+/// One group commit's entries and tree, shared by its receipts.
+#[derive(Debug)]
+struct CommittedBatch {
+    tree: BatchTree,
+    entries: Vec<Vec<u8>>,
+}
+
+impl AuditReceipt {
+    /// The inclusion proof of this entry in the tree of the receipt's checkpoint.
+    pub fn inclusion_proof(&self) -> Option<Vec<merkle::Hash>> {
+        self.batch.tree.inclusion_proof(self.index)
+    }
+
+    /// The entry's bytes, exactly as stored and hashed.
+    pub fn entry(&self) -> Option<&[u8]> {
+        let offset = self.index.checked_sub(self.batch.tree.first())?;
+        self.batch
+            .entries
+            .get(usize::try_from(offset).ok()?)
+            .map(Vec::as_slice)
+    }
 }
 
 struct Job {
@@ -614,7 +640,7 @@ impl WriterState {
         }
         let records: Vec<&AuditRecord> = accepted.iter().flat_map(|j| j.records.iter()).collect();
         match self.commit(&records, &accepted).await {
-            Ok((first_index, checkpoint, mut counts)) => {
+            Ok((first_index, checkpoint, batch, mut counts)) => {
                 let mut index = first_index;
                 for (job, counts) in accepted.into_iter().zip(counts.drain(..)) {
                     let receipts = job
@@ -624,6 +650,7 @@ impl WriterState {
                             let receipt = AuditReceipt {
                                 index,
                                 checkpoint: checkpoint.clone(),
+                                batch: batch.clone(),
                             };
                             index += 1;
                             receipt
@@ -648,7 +675,15 @@ impl WriterState {
         &mut self,
         records: &[&AuditRecord],
         jobs: &[Job],
-    ) -> Result<(u64, Arc<CommittedCheckpoint>, Vec<Vec<u64>>), WriteError> {
+    ) -> Result<
+        (
+            u64,
+            Arc<CommittedCheckpoint>,
+            Arc<CommittedBatch>,
+            Vec<Vec<u64>>,
+        ),
+        WriteError,
+    > {
         let storage_error = |e: StorageError| WriteError::Storage(e.to_string());
         let mut tx = self.db.begin_write().await.map_err(storage_error)?;
         let tree = tx.audit_tree().await.map_err(storage_error)?;
@@ -668,6 +703,7 @@ impl WriterState {
             )));
         }
         let mut frontier = tree.frontier;
+        let before = frontier.clone();
         let first = frontier.size();
         if first < self.floor {
             return Err(WriteError::Refused(format!(
@@ -728,7 +764,17 @@ impl WriterState {
         if keep_history {
             self.last_history = Some(Instant::now());
         }
-        Ok((first, Arc::new(CommittedCheckpoint { head, note }), counts))
+        let leaves = rows.iter().map(|(_, leaf)| *leaf).collect();
+        let batch = Arc::new(CommittedBatch {
+            tree: BatchTree::new(before, leaves),
+            entries: rows.into_iter().map(|(bytes, _)| bytes).collect(),
+        });
+        Ok((
+            first,
+            Arc::new(CommittedCheckpoint { head, note }),
+            batch,
+            counts,
+        ))
     }
 
     /// Writes the newest checkpoint to the state file, at most once per interval unless forced.

@@ -42,6 +42,9 @@ CREATE TABLE seen_messages (
     status        INTEGER NOT NULL,
     -- The problem document of a refusal; NULL for an admitted message.
     problem       TEXT,
+    -- The receipt of an admitted message (JSON), stored right after its commit; if the node
+    -- stopped in between, the first replay rebuilds and stores it.
+    receipt       TEXT,
     audit_idx     INTEGER NOT NULL,
     PRIMARY KEY (sender, message_id)
 );

@@ -248,6 +248,149 @@ pub fn verify_consistency(
     &fr == old_root && &sr == new_root && sn == 0
 }
 
+/// What one group commit knows of the tree: the frontier before it (size `first`) and the
+/// batch's own leaf hashes. That is enough to prove the inclusion of any leaf of the batch in the
+/// tree of size `first + leaves.len()` without reading older leaves: every sibling on such a
+/// proof path is either a node of the old frontier or lies inside the batch. (A left sibling
+/// strictly inside a frontier node would make the leaf itself fall inside that node.)
+#[derive(Debug)]
+pub struct BatchTree {
+    before: Frontier,
+    leaves: Vec<Hash>,
+    /// `levels[k]` holds the roots of the perfect subtrees of height `k` whose range lies inside
+    /// the batch and starts at a multiple of 2^k, built once on first use.
+    levels: std::sync::OnceLock<Vec<Vec<Hash>>>,
+}
+
+impl BatchTree {
+    pub fn new(before: Frontier, leaves: Vec<Hash>) -> Self {
+        Self {
+            before,
+            leaves,
+            levels: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The first index of the batch.
+    pub fn first(&self) -> u64 {
+        self.before.size()
+    }
+
+    /// The size of the tree after the batch.
+    pub fn size(&self) -> u64 {
+        self.first() + self.leaves.len() as u64
+    }
+
+    fn first_aligned(&self, height: u32) -> u64 {
+        self.first().div_ceil(1 << height) << height
+    }
+
+    fn levels(&self) -> &[Vec<Hash>] {
+        self.levels.get_or_init(|| {
+            let mut levels = vec![self.leaves.clone()];
+            let mut height = 1;
+            loop {
+                let width = 1u64 << height;
+                let start = self.first_aligned(height);
+                let below = self.first_aligned(height - 1);
+                let Some(previous) = levels.last() else { break };
+                let mut level = Vec::new();
+                let mut node = start;
+                while node + width <= self.size() {
+                    let left = ((node - below) >> (height - 1)) as usize;
+                    match (previous.get(left), previous.get(left + 1)) {
+                        (Some(l), Some(r)) => level.push(node_hash(l, r)),
+                        _ => break,
+                    }
+                    node += width;
+                }
+                if level.is_empty() {
+                    break;
+                }
+                levels.push(level);
+                height += 1;
+            }
+            levels
+        })
+    }
+
+    /// The frontier node covering exactly `[start, end)`, if there is one.
+    fn frontier_node(&self, start: u64, end: u64) -> Option<Hash> {
+        let size = self.first();
+        let mut from = 0u64;
+        let mut nodes = self.before.nodes().iter();
+        for bit in (0..64).rev() {
+            let width = 1u64 << bit;
+            if size & width == 0 {
+                continue;
+            }
+            let node = nodes.next()?;
+            if from == start && from + width == end {
+                return Some(*node);
+            }
+            from += width;
+        }
+        None
+    }
+
+    /// MTH of the leaves `[start, end)` of the tree after the batch.
+    fn range_hash(&self, start: u64, end: u64) -> Option<Hash> {
+        let width = end.checked_sub(start)?;
+        if width == 0 {
+            return None;
+        }
+        if width.is_power_of_two() && start % width == 0 {
+            if start >= self.first() {
+                let height = width.trailing_zeros();
+                let offset = (start - self.first_aligned(height)) >> height;
+                if let Some(hash) = self
+                    .levels()
+                    .get(height as usize)
+                    .and_then(|level| level.get(offset as usize))
+                {
+                    return Some(*hash);
+                }
+            } else if end <= self.first() {
+                return self.frontier_node(start, end);
+            }
+        }
+        if width == 1 {
+            return None;
+        }
+        let k = split_point(usize::try_from(width).ok()?) as u64;
+        Some(node_hash(
+            &self.range_hash(start, start + k)?,
+            &self.range_hash(start + k, end)?,
+        ))
+    }
+
+    /// The inclusion proof of leaf `index` (inside the batch) in the tree after the batch, as
+    /// [`inclusion_proof`] over all leaves would give it. `None` outside the batch.
+    pub fn inclusion_proof(&self, index: u64) -> Option<Vec<Hash>> {
+        if index < self.first() || index >= self.size() {
+            return None;
+        }
+        let mut proof = Vec::new();
+        let (mut start, mut end) = (0u64, self.size());
+        let mut steps = Vec::new();
+        while end - start > 1 {
+            let k = split_point(usize::try_from(end - start).ok()?) as u64;
+            if index < start + k {
+                steps.push((start + k, end));
+                end = start + k;
+            } else {
+                steps.push((start, start + k));
+                start += k;
+            }
+        }
+        // The path is built from the leaf up: the deepest sibling comes first.
+        for (from, to) in steps.into_iter().rev() {
+            proof.push(self.range_hash(from, to)?);
+        }
+        Some(proof)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +530,35 @@ mod tests {
                 &new_root,
                 &[]
             ));
+        }
+    }
+
+    #[test]
+    fn batch_proofs_equal_proofs_over_all_leaves() {
+        let all: Vec<Hash> = (0u32..300).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for first in [0usize, 1, 2, 3, 5, 8, 13, 64, 100, 127, 128, 129, 200] {
+            for batch in [1usize, 2, 3, 7, 16, 31, 64, 99] {
+                let end = first + batch;
+                if end > all.len() {
+                    continue;
+                }
+                let mut before = Frontier::new();
+                for leaf in &all[..first] {
+                    before.push(*leaf);
+                }
+                let tree = BatchTree::new(before, all[first..end].to_vec());
+                assert_eq!(tree.inclusion_proof(first as u64 + batch as u64), None);
+                if first > 0 {
+                    assert_eq!(tree.inclusion_proof(first as u64 - 1), None);
+                }
+                for index in first..end {
+                    assert_eq!(
+                        tree.inclusion_proof(index as u64),
+                        inclusion_proof(&all[..end], index),
+                        "first {first}, batch {batch}, index {index}"
+                    );
+                }
+            }
         }
     }
 }

@@ -247,6 +247,18 @@ pub async fn audit_entries(db: &Database) -> Result<Vec<StoredEntry>, StorageErr
         .collect()
 }
 
+/// One entry's bytes, as stored.
+pub async fn audit_entry(db: &Database, idx: u64) -> Result<Option<Vec<u8>>, StorageError> {
+    let idx = to_i64(idx)?;
+    let entry = on_each_engine!(db, Database, |pool| {
+        sqlx::query_scalar("SELECT entry FROM audit_entries WHERE idx = $1")
+            .bind(idx)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(entry)
+}
+
 /// The kept signed checkpoints in size order, ending with the latest.
 pub async fn audit_checkpoints(db: &Database) -> Result<Vec<String>, StorageError> {
     let mut notes: Vec<String> = on_each_engine!(db, Database, |pool| {

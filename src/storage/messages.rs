@@ -17,6 +17,8 @@ pub struct SeenMessage {
     pub problem: Option<String>,
     /// The audit entry of the first decision.
     pub audit_idx: u64,
+    /// The receipt of an admitted message, once stored.
+    pub receipt: Option<String>,
 }
 
 /// The first answer to `message_id` from `sender`, if it was seen.
@@ -25,25 +27,49 @@ pub async fn seen_message(
     sender: &OrgId,
     message_id: &MessageId,
 ) -> Result<Option<SeenMessage>, StorageError> {
-    let sql = "SELECT envelope_sha256, status, problem, audit_idx FROM seen_messages \
+    let sql = "SELECT envelope_sha256, status, problem, audit_idx, receipt FROM seen_messages \
                WHERE sender = $1 AND message_id = $2";
-    let row: Option<(String, i32, Option<String>, i64)> = on_each_engine!(db, Database, |pool| {
+    type Row = (String, i32, Option<String>, i64, Option<String>);
+    let row: Option<Row> = on_each_engine!(db, Database, |pool| {
         sqlx::query_as(sql)
             .bind(sender.as_str())
             .bind(message_id.as_str())
             .fetch_optional(pool)
             .await?
     });
-    row.map(|(envelope_sha256, status, problem, audit_idx)| {
+    row.map(|(envelope_sha256, status, problem, audit_idx, receipt)| {
         Ok(SeenMessage {
             envelope_sha256,
             status: u16::try_from(status)
                 .map_err(|_| StorageError::Invariant("a stored status is out of range".into()))?,
             problem,
             audit_idx: to_u64(audit_idx)?,
+            receipt,
         })
     })
     .transpose()
+}
+
+/// Stores the receipt of an admitted message, unless one is stored already (the first one
+/// stays: a replay must get the same receipt). Returns whether this one was stored.
+pub async fn store_receipt(
+    db: &Database,
+    sender: &OrgId,
+    message_id: &MessageId,
+    receipt: &str,
+) -> Result<bool, StorageError> {
+    let sql = "UPDATE seen_messages SET receipt = $3 \
+               WHERE sender = $1 AND message_id = $2 AND receipt IS NULL";
+    let rows = on_each_engine!(db, Database, |pool| {
+        sqlx::query(sql)
+            .bind(sender.as_str())
+            .bind(message_id.as_str())
+            .bind(receipt)
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(rows == 1)
 }
 
 /// An admitted message to store in the inbox.

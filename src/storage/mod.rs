@@ -24,10 +24,12 @@ mod messages;
 mod migrate;
 
 pub use consents::{NewConsent, StoredConsent, StoredEvent, consent};
-pub use messages::{InboxMessage, NewInboxMessage, SeenMessage, inbox_messages, seen_message};
+pub use messages::{
+    InboxMessage, NewInboxMessage, SeenMessage, inbox_messages, seen_message, store_receipt,
+};
 
 pub use audit::{
-    AuditSnapshot, StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries,
+    AuditSnapshot, StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries, audit_entry,
     audit_leaf_hashes, audit_snapshot, audit_tree, latest_audit_checkpoint,
 };
 pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};

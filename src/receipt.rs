@@ -1,0 +1,112 @@
+//! Delivery receipts: building them from an audit receipt, and verifying them at the sender.
+//!
+//! A receipt is the receiver's audit log speaking (DESIGN §6): the entry that admitted the
+//! message, its leaf index and inclusion proof, and a checkpoint the receiver signed over a tree
+//! that contains it. The sender checks every part with the receiver's verifier key from the
+//! manifest, so a receipt proves what was delivered even against the receiver's operator later
+//! (a checkpoint that left the node pins the log). Pure: no I/O.
+
+use crate::audit::checkpoint::Checkpoint;
+use crate::audit::entry::{self, Decision};
+use crate::audit::merkle::{self, Hash};
+use crate::signed_note::VerifierKey;
+use crate::wire::{AckV1, ReceiptV1};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+/// Why a receipt does not prove delivery.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    #[error("the checkpoint is not signed by the receiver's audit key: {0}")]
+    Checkpoint(String),
+    #[error("the entry is not base64 or not a valid audit entry")]
+    Entry,
+    #[error("the entry is at index {entry} but the receipt says {receipt}")]
+    Index { entry: u64, receipt: u64 },
+    #[error("the entry does not admit this message (decision or envelope hash differs)")]
+    NotThisMessage,
+    #[error("the inclusion proof does not lead to the checkpoint's root")]
+    Inclusion,
+    #[error("the receipt is for message {0}, not for the message sent")]
+    MessageId(String),
+}
+
+/// Builds the wire receipt of an admitted message.
+pub fn build(
+    message_id: &str,
+    leaf_index: u64,
+    entry: &[u8],
+    proof: &[Hash],
+    checkpoint: &str,
+    ack: Option<AckV1>,
+) -> ReceiptV1 {
+    ReceiptV1 {
+        message_id: message_id.to_owned(),
+        leaf_index,
+        entry: STANDARD.encode(entry),
+        inclusion_proof: proof.iter().map(hex::encode).collect(),
+        checkpoint: checkpoint.to_owned(),
+        ack,
+    }
+}
+
+/// What a verified receipt proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedReceipt {
+    pub leaf_index: u64,
+    pub tree_size: u64,
+}
+
+/// Verifies that `receipt` proves the admission of exactly the bytes `sent` (message
+/// `message_id`) in the log whose key is `key`.
+pub fn verify(
+    receipt: &ReceiptV1,
+    message_id: &str,
+    sent: &[u8],
+    key: &VerifierKey,
+) -> Result<VerifiedReceipt, ReceiptError> {
+    if receipt.message_id != message_id {
+        return Err(ReceiptError::MessageId(receipt.message_id.clone()));
+    }
+    let checkpoint = Checkpoint::open(&receipt.checkpoint, key)
+        .map_err(|e| ReceiptError::Checkpoint(e.to_string()))?;
+    let bytes = STANDARD
+        .decode(&receipt.entry)
+        .map_err(|_| ReceiptError::Entry)?;
+    let decoded = entry::decode(&bytes).map_err(|_| ReceiptError::Entry)?;
+    if decoded.idx != receipt.leaf_index {
+        return Err(ReceiptError::Index {
+            entry: decoded.idx,
+            receipt: receipt.leaf_index,
+        });
+    }
+    let sent_hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, sent));
+    if decoded.record.decision != Some(Decision::Permit)
+        || decoded.record.envelope_sha256.as_deref() != Some(sent_hash.as_str())
+    {
+        return Err(ReceiptError::NotThisMessage);
+    }
+    let proof = receipt
+        .inclusion_proof
+        .iter()
+        .map(|h| {
+            let mut hash = [0u8; 32];
+            hex::decode_to_slice(h, &mut hash).map(|()| hash)
+        })
+        .collect::<Result<Vec<Hash>, _>>()
+        .map_err(|_| ReceiptError::Inclusion)?;
+    let leaf = merkle::leaf_hash(&bytes);
+    if !merkle::verify_inclusion(
+        receipt.leaf_index,
+        checkpoint.head.size,
+        &leaf,
+        &proof,
+        &checkpoint.head.root,
+    ) {
+        return Err(ReceiptError::Inclusion);
+    }
+    Ok(VerifiedReceipt {
+        leaf_index: receipt.leaf_index,
+        tree_size: checkpoint.head.size,
+    })
+}
