@@ -339,7 +339,7 @@ impl BatchTree {
         if width == 0 {
             return None;
         }
-        if width.is_power_of_two() && start % width == 0 {
+        if width.is_power_of_two() && start.is_multiple_of(width) {
             if start >= self.first() {
                 let height = width.trailing_zeros();
                 let offset = (start - self.first_aligned(height)) >> height;
