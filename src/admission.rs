@@ -350,6 +350,7 @@ pub async fn admit_inbound(
                 purposes,
                 valid_from,
                 valid_until,
+                retention_at_recipient_days: grant.retention_at_recipient_days,
                 events: vec![ConsentEvent::Given],
             };
             let change = StateChange::record_consent(
@@ -406,6 +407,7 @@ pub async fn admit_inbound(
                         &permit,
                         state_kind(state),
                         &envelope.consent,
+                        now,
                         &mut changes,
                     );
                     (changes, ack)
@@ -465,6 +467,9 @@ pub async fn admit_inbound(
                     subject: envelope.subject,
                     envelope: bytes.to_vec(),
                     received_at: now,
+                    delete_after: existing.as_ref().map(|c| {
+                        now + time::Duration::days(i64::from(c.retention_at_recipient_days))
+                    }),
                 },
             );
             Ok(admitted(
@@ -494,34 +499,34 @@ pub fn end_event(end: ConsentEndV1) -> ConsentEvent {
     }
 }
 
-/// What this node does with what it received under a withdrawn consent (DESIGN §3): an NGO
-/// deletes it; a public authority keeps it under its archival duty and says so. Appends the
-/// changes and returns the acknowledgement to fill in from their results.
+/// What this node does under a withdrawn consent (DESIGN §3): queued data messages are
+/// cancelled; what it received is deleted by an NGO, and kept under its archival duty by a
+/// public authority, which says so. Appends the changes (they commit with the withdrawal) and
+/// returns the acknowledgement to fill in from their results.
 pub fn withdrawal_consequences(
     permit: &Permit,
     own_kind: OrgKind,
     consent: &ConsentId,
+    now: time::OffsetDateTime,
     changes: &mut Vec<StateChange>,
 ) -> AckPlan {
-    let position = changes.len();
+    let mut actions = vec![(AckActionKindV1::CancelledQueued, changes.len(), None)];
+    changes.push(StateChange::cancel_queued(consent.clone(), now));
     match own_kind {
         OrgKind::Ngo => {
+            actions.push((AckActionKindV1::DeletedReceived, changes.len(), None));
             changes.push(StateChange::delete_received(permit, consent.clone()));
-            AckPlan {
-                actions: vec![(AckActionKindV1::DeletedReceived, position, None)],
-            }
         }
         OrgKind::Municipality | OrgKind::Region => {
+            actions.push((
+                AckActionKindV1::RetainedWithBasis,
+                changes.len(),
+                Some(RetentionBasisV1::Arkivloven),
+            ));
             changes.push(StateChange::count_received(consent.clone()));
-            AckPlan {
-                actions: vec![(
-                    AckActionKindV1::RetainedWithBasis,
-                    position,
-                    Some(RetentionBasisV1::Arkivloven),
-                )],
-            }
         }
     }
+    AckPlan { actions }
 }
 
 /// An admitted envelope: its permit record, its changes, and the remembered answer.
@@ -550,4 +555,236 @@ fn admitted(
             ack,
         },
     }))
+}
+
+// ----- Local submission (the same checks, outbound) -----
+
+/// The fields a local system gives for one message (`POST /api/v1/messages`); the node adds
+/// the sender, the child's pairwise reference (from the consent) and the time.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmissionV1 {
+    /// The client may choose the id (a UUID), so that a retry is recognised.
+    #[serde(default)]
+    pub message_id: Option<String>,
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub recipient: String,
+    pub purpose: PurposeRefV1,
+    pub consent_id: String,
+    pub body: Value,
+}
+
+/// The sending time as envelopes carry it: UTC, whole seconds.
+pub fn sent_at(now: time::OffsetDateTime) -> String {
+    crate::manifest::format_time(
+        now.replace_nanosecond(0)
+            .unwrap_or(now)
+            .to_offset(time::UtcOffset::UTC),
+    )
+}
+
+/// A new message id from this node's clock.
+pub fn new_message_id(state: &NodeState) -> Result<MessageId, Problem> {
+    let now = state.clock.now();
+    let random = consent::random_bytes::<10>().map_err(|e| Problem::internal(&e))?;
+    let millis = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    Ok(MessageId::v7(millis, random))
+}
+
+/// Admits (or refuses) one message a local system submits, with the checks a receiver runs
+/// (DESIGN §5, "the same checks run outbound"), so a bad message is refused before it is
+/// queued. `record` is the audit record with the actor filled in.
+pub async fn admit_outbound(
+    state: &NodeState,
+    mut record: AuditRecord,
+    item: &Value,
+) -> Result<Admission, Problem> {
+    let me = state.identity.org.clone();
+    let now = state.clock.now();
+    let item_sha256 = sha256_hex(&serde_json::to_vec(item).map_err(|e| Problem::internal(&e))?);
+    record.decision = Some(AuditDecision::Deny);
+    let client_id: Option<MessageId> = item
+        .get("message_id")
+        .and_then(Value::as_str)
+        .and_then(|id| id.parse().ok());
+    let refuse = |mut record: AuditRecord, problem: Problem, remember: Option<&MessageId>| {
+        record.reason = Some(problem.reason.to_owned());
+        let mut changes = Vec::new();
+        if let Some(id) = remember
+            && let Ok(json) = serde_json::to_string(&problem)
+        {
+            changes.push(StateChange::remember_answer(
+                me.clone(),
+                id.clone(),
+                item_sha256.clone(),
+                problem.status,
+                Some(json),
+            ));
+        }
+        Admission::Decided(Box::new(Decided {
+            record,
+            changes,
+            outcome: Outcome::Refused(problem),
+        }))
+    };
+    // A retry of a message with the client's id gets the first answer.
+    if let Some(id) = &client_id {
+        match storage::seen_message(&state.db, &me, id).await {
+            Ok(Some(seen)) if seen.envelope_sha256 == item_sha256 => {
+                return Ok(Admission::Replay(seen, id.clone()));
+            }
+            Ok(Some(_)) => {
+                let problem = Problem::refused(
+                    "message-id-conflict",
+                    "this message id was used before with a different message; a new message needs a new id",
+                    Some("/message_id".into()),
+                );
+                return Ok(refuse(record, problem, None));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Problem::unavailable(&e)),
+        }
+    }
+    let submission: SubmissionV1 = match serde_path_to_error::deserialize(item.clone()) {
+        Ok(submission) => submission,
+        Err(e) => {
+            let pointer = format!("/{}", e.path().to_string().replace('.', "/"));
+            let problem = Problem::refused(
+                "schema-invalid",
+                "the message does not have the fields of a submission (message_id, type, recipient, purpose, consent_id, body)",
+                Some(pointer),
+            );
+            return Ok(refuse(record, problem, client_id.as_ref()));
+        }
+    };
+    if submission.message_id.is_some() && client_id.is_none() {
+        let problem = Problem::refused(
+            "schema-invalid",
+            "a message id is a UUID in lowercase canonical form",
+            Some("/message_id".into()),
+        );
+        return Ok(refuse(record, problem, None));
+    }
+    let message_id = match client_id {
+        Some(id) => id,
+        None => new_message_id(state)?,
+    };
+    let remember = Some(&message_id);
+    let recipient: OrgId = match submission.recipient.parse() {
+        Ok(org) if org != me => org,
+        _ => {
+            let problem = Problem::refused(
+                "recipient-mismatch",
+                "the recipient must be another member of the federation",
+                Some("/recipient".into()),
+            );
+            return Ok(refuse(record, problem, remember));
+        }
+    };
+    record.peer = Some(recipient.to_string());
+    let Some(recipient_kind) = kind_of(state, &recipient) else {
+        let problem = Problem::refused(
+            "recipient-mismatch",
+            "the recipient is not a current member of the federation",
+            Some("/recipient".into()),
+        );
+        return Ok(refuse(record, problem, remember));
+    };
+    let consent_id: Option<ConsentId> = submission.consent_id.parse().ok();
+    let existing = match &consent_id {
+        Some(id) => consent_facts(state, id).await?,
+        None => None,
+    };
+    // The envelope as a receiver will see it; the child's reference comes from the consent
+    // (a message under an unknown consent is refused below, after the document checks).
+    let subject = existing
+        .as_ref()
+        .map(|c| c.subject.to_string())
+        .unwrap_or_else(|| SubjectRef::from_bytes([0; 16]).to_string());
+    let document = serde_json::json!({
+        "v": crate::wire::ENVELOPE_VERSION,
+        "message_id": message_id.as_str(),
+        "type": submission.message_type,
+        "sender": me.as_str(),
+        "recipient": recipient.as_str(),
+        "purpose": submission.purpose,
+        "consent_id": submission.consent_id,
+        "subject_ref": subject,
+        "sent_at": sent_at(now),
+        "body": submission.body,
+    });
+    let bytes = serde_json::to_vec(&document).map_err(|e| Problem::internal(&e))?;
+    let envelope =
+        match boundary::check_document(&bytes, &state.schemas).and_then(Envelope::from_wire) {
+            Ok(envelope) => envelope,
+            Err(refusal) => return Ok(refuse(record, refusal_problem(refusal), remember)),
+        };
+    let with_ids = envelope_record(state, &recipient, &sha256_hex(&bytes), Some(&envelope));
+    record.message_id_hmac = with_ids.message_id_hmac;
+    record.message_type = with_ids.message_type;
+    record.purpose = with_ids.purpose;
+    record.consent_hmac = with_ids.consent_hmac;
+    record.subject_hmac = with_ids.subject_hmac;
+    record.envelope_sha256 = with_ids.envelope_sha256;
+    if !envelope.message_type.carries_child_data() {
+        let problem = Problem::refused(
+            "type-not-allowed",
+            "consent notices are sent through the consent API, acknowledgements by the node itself",
+            Some("/type".into()),
+        );
+        return Ok(refuse(record, problem, remember));
+    }
+    let Some(own_kind) = kind_of(state, &me) else {
+        return Err(Problem::internal(&"this node is not in its own manifest"));
+    };
+    let fields = body_fields(&envelope.body);
+    let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    let catalogue = state.manifest.snapshot().catalogue.clone();
+    let existing_facts = existing.as_ref().and_then(ConsentRecord::facts);
+    let decision = policy::decide(
+        &Exchange {
+            message_type: envelope.message_type,
+            sender: &me,
+            sender_kind: own_kind,
+            recipient: &recipient,
+            recipient_kind,
+            purpose: &envelope.purpose,
+            consent: &envelope.consent,
+            subject: &envelope.subject,
+            body_fields: &fields,
+        },
+        &catalogue,
+        existing_facts.as_ref(),
+        now,
+    );
+    let permit = match decision {
+        Decision::Permit(permit) => permit,
+        Decision::Deny(denial) => {
+            return Ok(refuse(record, denial_problem(&denial), remember));
+        }
+    };
+    record.decision = Some(AuditDecision::Permit);
+    let changes = vec![
+        StateChange::enqueue(
+            &permit,
+            storage::NewOutboxMessage {
+                message_id: message_id.clone(),
+                recipient,
+                message_type: envelope.message_type,
+                consent: envelope.consent.clone(),
+                envelope: bytes,
+                accepted_at: now,
+            },
+        ),
+        StateChange::remember_answer(me, message_id.clone(), item_sha256, 202, None),
+    ];
+    Ok(Admission::Decided(Box::new(Decided {
+        record,
+        changes,
+        outcome: Outcome::Admitted {
+            message_id,
+            ack: None,
+        },
+    })))
 }

@@ -98,6 +98,8 @@ pub struct ConsentRecord {
     pub purposes: BTreeSet<PurposeRef>,
     pub valid_from: OffsetDateTime,
     pub valid_until: OffsetDateTime,
+    /// How long the recipient may keep what it received under the consent.
+    pub retention_at_recipient_days: u32,
     pub events: Vec<ConsentEvent>,
 }
 

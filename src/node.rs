@@ -88,6 +88,11 @@ pub struct NodeState {
     /// Serialises binding-code checks on this node, so that two attempts on one consent cannot
     /// both pass the check before either is recorded.
     pub binding: tokio::sync::Mutex<()>,
+    /// Wakes the delivery worker when a message is queued.
+    pub delivery_wake: tokio::sync::Notify,
+    pub delivery_stats: crate::delivery::DeliveryStats,
+    /// One circuit breaker per peer, for the delivery worker.
+    pub breakers: crate::delivery::Breakers,
 }
 
 /// Why a node could not start. All of these are configuration problems (exit code 2).
@@ -318,6 +323,9 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
         hmac,
         schemas,
         binding: tokio::sync::Mutex::new(()),
+        delivery_wake: tokio::sync::Notify::new(),
+        delivery_stats: crate::delivery::DeliveryStats::default(),
+        breakers: crate::delivery::Breakers::default(),
     });
     let config = &state.config;
     let workers = config.server.workers;
@@ -368,6 +376,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
             .app_data(app_state.clone())
             .app_data(json_config())
             .app_data(web::PathConfig::default().error_handler(problem::path_error_handler))
+            .app_data(web::QueryConfig::default().error_handler(problem::query_error_handler))
             .configure(crate::api::routes)
     })
     .workers(workers)
@@ -389,7 +398,11 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
     let server_tasks = vec![tokio::spawn(federation_server), tokio::spawn(local_server)];
 
     let (stop_background, stop_rx) = watch::channel(false);
-    let background = vec![tokio::spawn(manifest_watcher(state.clone(), stop_rx))];
+    let background = vec![
+        tokio::spawn(manifest_watcher(state.clone(), stop_rx.clone())),
+        tokio::spawn(crate::delivery::run(state.clone(), stop_rx.clone())),
+        tokio::spawn(crate::retention::run(state.clone(), stop_rx)),
+    ];
 
     tracing::info!(
         org = %state.identity.org,

@@ -345,3 +345,11 @@ pub fn path_error_handler(
 ) -> actix_web::Error {
     Problem::malformed_request(format!("invalid path: {err}")).into()
 }
+
+/// Turns query-string extractor failures into problems.
+pub fn query_error_handler(
+    err: actix_web::error::QueryPayloadError,
+    _req: &actix_web::HttpRequest,
+) -> actix_web::Error {
+    Problem::malformed_request(format!("invalid query: {err}")).into()
+}

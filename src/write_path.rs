@@ -20,7 +20,8 @@ use crate::domain::{ConsentId, MessageId, OrgId};
 use crate::policy::Permit;
 use crate::signed_note::NoteSigner;
 use crate::storage::{
-    self, Database, NewConsent, NewInboxMessage, StorageError, StoredTree, WriteTx,
+    self, Database, NewConsent, NewInboxMessage, NewOutboxMessage, StorageError, StoredTree,
+    WriteTx,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -144,6 +145,12 @@ enum Change {
         local_subject_key: String,
         at: OffsetDateTime,
     },
+    Enqueue(Box<NewOutboxMessage>),
+    CancelQueued {
+        consent: ConsentId,
+        at: OffsetDateTime,
+    },
+    PurgeExpired(OffsetDateTime),
 }
 
 impl StateChange {
@@ -228,6 +235,21 @@ impl StateChange {
         })
     }
 
+    /// Queues a message for delivery: only with a permit for it.
+    pub fn enqueue(_permit: &Permit, message: NewOutboxMessage) -> Self {
+        Self(Change::Enqueue(Box::new(message)))
+    }
+
+    /// Cancels the queued data messages under a withdrawn consent (the count is the result).
+    pub fn cancel_queued(consent: ConsentId, at: OffsetDateTime) -> Self {
+        Self(Change::CancelQueued { consent, at })
+    }
+
+    /// Deletes received messages whose retention ended (the count is the result).
+    pub fn purge_expired(now: OffsetDateTime) -> Self {
+        Self(Change::PurgeExpired(now))
+    }
+
     async fn apply(&self, tx: &mut WriteTx, audit_idx: u64) -> Result<u64, StorageError> {
         match &self.0 {
             Change::RememberAnswer {
@@ -292,6 +314,11 @@ impl StateChange {
                 local_subject_key,
                 at,
             } => tx.bind_consent(id, local_subject_key, *at).await,
+            Change::Enqueue(message) => tx.enqueue_outbox(message, audit_idx).await,
+            Change::CancelQueued { consent, at } => {
+                tx.cancel_queued_for_consent(consent, *at).await
+            }
+            Change::PurgeExpired(now) => tx.purge_expired_inbox(*now).await,
         }
     }
 }

@@ -11,6 +11,8 @@ CREATE TABLE consents (
     terms               TEXT    NOT NULL,
     valid_from          TEXT    NOT NULL,
     valid_until         TEXT    NOT NULL,
+    -- How long the recipient may keep what it received under the consent.
+    retention_days      INTEGER NOT NULL CHECK (retention_days > 0),
     -- This node's own key for the child. Never leaves the node; NULL until bound.
     local_subject_key   TEXT,
     bound_at            TEXT,

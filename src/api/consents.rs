@@ -14,14 +14,14 @@ use crate::boundary;
 use crate::consent::{
     self, BindingCode, ConsentEvent, ConsentRecord, after_wrong_code, verify_binding_code,
 };
-use crate::domain::{ConsentId, MessageId, OrgId, OrgKind, PurposeRef};
-use crate::federation::{self, PeerError};
+use crate::domain::{ConsentId, MessageId, MessageType, OrgId, OrgKind, PurposeRef};
+use crate::federation;
 use crate::jwt::Role;
 use crate::manifest::format_time;
 use crate::node::NodeState;
 use crate::policy::{self, Decision, Grant};
 use crate::problem::Problem;
-use crate::storage::{self, NewConsent, StoredConsent};
+use crate::storage::{self, NewConsent, NewOutboxMessage, StoredConsent};
 use crate::wire::{
     AckV1, BodyV1, ConsentEndV1, ConsentGrantedV1, ConsentPolicyV1, ConsentWithdrawnV1,
     ConsentingRoleV1, ENVELOPE_VERSION, EnvelopeV1, EvidenceV1, PurposeRefV1, WithdrawalV1,
@@ -66,10 +66,8 @@ pub struct ConsentRecordedV1 {
     pub valid_from: String,
     pub valid_until: String,
     pub audit_leaf_index: u64,
-    /// Whether the counterpart received and admitted the consent.
-    pub counterpart_notified: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub counterpart_problem: Option<String>,
+    /// The `consent.granted` notice queued for the counterpart (`GET /api/v1/messages/{id}`).
+    pub notice_message_id: String,
 }
 
 /// One event of a consent, as shown.
@@ -103,6 +101,23 @@ pub struct ConsentViewV1 {
     pub binding_failures_total: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding_locked_until: Option<String>,
+    /// The consent notices this node sent, with their delivery and the other side's ack.
+    pub notices: Vec<NoticeViewV1>,
+}
+
+/// A consent notice this node sent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoticeViewV1 {
+    pub message_id: String,
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The other side's acknowledgement of a withdrawal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack: Option<AckV1>,
 }
 
 /// `POST /api/v1/consents/{id}/withdraw`.
@@ -120,14 +135,11 @@ pub struct WithdrawnV1 {
     pub consent_id: String,
     pub status: String,
     pub audit_leaf_index: u64,
-    /// What this node did with what it received under the consent.
+    /// What this node did under the consent.
     pub local: AckV1,
-    pub counterpart_notified: bool,
-    /// What the counterpart did, as it acknowledged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub counterpart_ack: Option<AckV1>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub counterpart_problem: Option<String>,
+    /// The `consent.withdrawn` notice queued (ahead of everything else) for the other party.
+    /// Its acknowledgement shows in the consent's notices once delivered.
+    pub notice_message_id: String,
 }
 
 /// `POST /api/v1/consents/{id}/bind`.
@@ -270,25 +282,6 @@ fn outbound_envelope(
     Ok((message_id, bytes))
 }
 
-/// What a peer said, in one line for the caller (the peer's problem reason, never a cause).
-fn peer_problem(e: &PeerError) -> String {
-    match e {
-        PeerError::Refused { status, body } => {
-            let reason = serde_json::from_str::<serde_json::Value>(body)
-                .ok()
-                .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| "unknown".into());
-            format!("the counterpart refused ({status}, {reason})")
-        }
-        PeerError::UnknownPeer(_) => "the counterpart is not a current member".into(),
-        PeerError::ManifestExpired => "this node's manifest has expired".into(),
-        other => {
-            tracing::warn!(error = %other, "counterpart not notified");
-            "the counterpart could not be reached; the consent is recorded here".into()
-        }
-    }
-}
-
 /// `POST /api/v1/consents` (consent-admin).
 pub async fn record(
     actor: Actor,
@@ -403,7 +396,7 @@ pub async fn record(
         binding_code_hash: code.hash(&consent_id),
     };
     let terms = serde_json::to_string(&body).map_err(|e| Problem::internal(&e))?;
-    let (_, envelope) = outbound_envelope(
+    let (notice_id, envelope) = outbound_envelope(
         &state,
         &counterpart,
         &first_purpose,
@@ -422,6 +415,7 @@ pub async fn record(
                 purposes,
                 valid_from,
                 valid_until,
+                retention_at_recipient_days: request.retention_at_recipient_days,
                 events: vec![ConsentEvent::Given],
             },
             terms,
@@ -430,12 +424,23 @@ pub async fn record(
             created_at: now,
         },
     );
+    let notice = StateChange::enqueue(
+        &permit,
+        NewOutboxMessage {
+            message_id: notice_id.clone(),
+            recipient: counterpart.clone(),
+            message_type: MessageType::ConsentGranted,
+            consent: consent_id.clone(),
+            envelope,
+            accepted_at: now,
+        },
+    );
     let (receipt, _) = state
         .audit
-        .append_with(audit, vec![change])
+        .append_with(audit, vec![change, notice])
         .await
         .map_err(|e| write_failed(&e))?;
-    let sent = federation::send_envelope(&state, &counterpart, envelope).await;
+    state.delivery_wake.notify_one();
     let answer = ConsentRecordedV1 {
         consent_id: consent_id.to_string(),
         subject_ref: subject.to_string(),
@@ -444,8 +449,7 @@ pub async fn record(
         valid_from: format_time(valid_from),
         valid_until: format_time(valid_until),
         audit_leaf_index: receipt.index,
-        counterpart_notified: sent.is_ok(),
-        counterpart_problem: sent.as_ref().err().map(peer_problem),
+        notice_message_id: notice_id.to_string(),
     };
     Ok(Audited::new(receipt, HttpResponse::Created().json(answer)))
 }
@@ -472,7 +476,26 @@ async fn load_or_refuse(
     }
 }
 
-fn view(consent: &StoredConsent, now: time::OffsetDateTime) -> ConsentViewV1 {
+fn notice_view(notice: storage::OutboxMessage) -> NoticeViewV1 {
+    let ack = notice
+        .receipt
+        .as_deref()
+        .and_then(|r| serde_json::from_str::<crate::wire::ReceiptV1>(r).ok())
+        .and_then(|r| r.ack);
+    NoticeViewV1 {
+        message_id: notice.message_id,
+        message_type: notice.message_type,
+        status: notice.status,
+        reason: notice.status_reason,
+        ack,
+    }
+}
+
+fn view(
+    consent: &StoredConsent,
+    notices: Vec<storage::OutboxMessage>,
+    now: time::OffsetDateTime,
+) -> ConsentViewV1 {
     let record = &consent.record;
     let status = consent::derived_status(&record.events);
     let active_now = status.is_some_and(|s| s.permits_processing())
@@ -505,6 +528,7 @@ fn view(consent: &StoredConsent, now: time::OffsetDateTime) -> ConsentViewV1 {
         local_subject_key: consent.local_subject_key.clone(),
         binding_failures_total: consent.binding_failures_total,
         binding_locked_until: consent.binding_locked_until.map(format_time),
+        notices: notices.into_iter().map(notice_view).collect(),
     }
 }
 
@@ -530,10 +554,13 @@ pub async fn get(
             .hmac
             .pseudonymise("subject", &consent.record.subject.to_string()),
     );
+    let notices = storage::consent_notices(&state.db, &id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
     let receipt = audited::permit(&state, record).await?;
     Ok(Audited::new(
         receipt,
-        HttpResponse::Ok().json(view(&consent, state.clock.now())),
+        HttpResponse::Ok().json(view(&consent, notices, state.clock.now())),
     ))
 }
 
@@ -595,7 +622,8 @@ pub async fn withdraw(
         now,
         state.identity.org.clone(),
     )];
-    let plan: AckPlan = admission::withdrawal_consequences(&permit, own_kind, &id, &mut changes);
+    let plan: AckPlan =
+        admission::withdrawal_consequences(&permit, own_kind, &id, now, &mut changes);
     let purpose = record
         .purposes
         .iter()
@@ -613,21 +641,30 @@ pub async fn withdraw(
             effective_at: crate::audited::audit_time(now),
         }),
     )?;
+    changes.push(StateChange::enqueue(
+        &permit,
+        NewOutboxMessage {
+            message_id: message_id.clone(),
+            recipient: other.clone(),
+            message_type: MessageType::ConsentWithdrawn,
+            consent: id.clone(),
+            envelope,
+            accepted_at: now,
+        },
+    ));
     let (receipt, counts) = state
         .audit
         .append_with(audit, changes)
         .await
         .map_err(|e| write_failed(&e))?;
+    state.delivery_wake.notify_one();
     let local = federation::fill_ack(&state, &message_id, &plan, &counts);
-    let sent = federation::send_envelope(&state, &other, envelope).await;
     let answer = WithdrawnV1 {
         consent_id: id.to_string(),
         status: event.as_str().to_owned(),
         audit_leaf_index: receipt.index,
         local,
-        counterpart_notified: sent.is_ok(),
-        counterpart_ack: sent.as_ref().ok().and_then(|r| r.ack.clone()),
-        counterpart_problem: sent.as_ref().err().map(peer_problem),
+        notice_message_id: message_id.to_string(),
     };
     Ok(Audited::new(receipt, HttpResponse::Ok().json(answer)))
 }

@@ -5,6 +5,7 @@
 //! module never speaks SQL; it calls `storage` and `federation`.
 
 pub mod consents;
+pub mod messages;
 
 use crate::audit::entry::Decision;
 use crate::audited;
@@ -270,6 +271,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::post().to(consents::withdraw),
                 )
                 .route("/consents/{id}/bind", web::post().to(consents::bind))
+                .route("/messages", web::post().to(messages::submit))
+                .route("/messages/{id}", web::get().to(messages::status))
+                .route("/inbox", web::get().to(messages::inbox))
+                .route(
+                    "/subjects/{key}/timeline",
+                    web::get().to(messages::timeline),
+                )
                 .route("/peers/{org}/ping", web::post().to(ping_peer)),
         )
         .default_service(web::to(|| async { Problem::not_found().respond() }));

@@ -88,6 +88,7 @@ type ConsentRow = (
     String,
     String,
     String,
+    i64,
     Option<String>,
     Option<String>,
     String,
@@ -98,7 +99,7 @@ type ConsentRow = (
 );
 
 const CONSENT_QUERY: &str = "SELECT consent_id, subject_ref, recording_org, counterpart, purposes, \
-     terms, valid_from, valid_until, local_subject_key, bound_at, binding_code_hash, \
+     terms, valid_from, valid_until, retention_days, local_subject_key, bound_at, binding_code_hash, \
      binding_failures, binding_failures_total, binding_locked_until, created_at \
      FROM consents WHERE consent_id = $1";
 const EVENTS_QUERY: &str = "SELECT event, at, recorded_by FROM consent_events \
@@ -130,6 +131,7 @@ pub async fn consent(db: &Database, id: &ConsentId) -> Result<Option<StoredConse
         terms,
         valid_from,
         valid_until,
+        retention_days,
         local_subject_key,
         bound_at,
         binding_code_hash,
@@ -158,6 +160,7 @@ pub async fn consent(db: &Database, id: &ConsentId) -> Result<Option<StoredConse
         purposes: decode_purposes(&purposes)?,
         valid_from: parse_time(&valid_from, "valid_from")?,
         valid_until: parse_time(&valid_until, "valid_until")?,
+        retention_at_recipient_days: to_u32(retention_days, "retention")?,
         events: events.iter().map(|e| e.event).collect(),
     };
     Ok(Some(StoredConsent {
@@ -186,9 +189,9 @@ impl WriteTx {
     pub async fn insert_consent(&mut self, new: &NewConsent) -> Result<u64, StorageError> {
         let r = &new.record;
         let sql = "INSERT INTO consents (consent_id, subject_ref, recording_org, counterpart, \
-                   purposes, terms, valid_from, valid_until, local_subject_key, bound_at, \
-                   binding_code_hash, created_at) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                   purposes, terms, valid_from, valid_until, retention_days, local_subject_key, \
+                   bound_at, binding_code_hash, created_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                    ON CONFLICT (consent_id) DO NOTHING";
         let bound_at = new
             .local_subject_key
@@ -204,6 +207,7 @@ impl WriteTx {
                 .bind(&new.terms)
                 .bind(format_time(r.valid_from))
                 .bind(format_time(r.valid_until))
+                .bind(i64::from(r.retention_at_recipient_days))
                 .bind(new.local_subject_key.as_deref())
                 .bind(bound_at)
                 .bind(&new.binding_code_hash)

@@ -84,6 +84,8 @@ pub struct NewInboxMessage {
     /// The exact bytes received.
     pub envelope: Vec<u8>,
     pub received_at: OffsetDateTime,
+    /// When it must be deleted at the latest (the consent's retention at the recipient).
+    pub delete_after: Option<OffsetDateTime>,
 }
 
 /// A message in the inbox.
@@ -173,8 +175,8 @@ impl WriteTx {
         audit_idx: u64,
     ) -> Result<u64, StorageError> {
         let sql = "INSERT INTO inbox (sender, message_id, message_type, purpose, consent_id, \
-                   subject_ref, envelope, received_at, audit_idx) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                   subject_ref, envelope, received_at, audit_idx, delete_after) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                    ON CONFLICT (sender, message_id) DO NOTHING";
         let audit_idx = to_i64(audit_idx)?;
         let rows = on_each_engine!(self, WriteTx, |tx| {
@@ -188,6 +190,7 @@ impl WriteTx {
                 .bind(message.envelope.as_slice())
                 .bind(db_time(message.received_at))
                 .bind(audit_idx)
+                .bind(message.delete_after.map(db_time))
                 .execute(&mut **tx)
                 .await?
                 .rows_affected()
@@ -217,4 +220,159 @@ impl WriteTx {
         });
         to_u64(count)
     }
+}
+
+/// Which received messages to read.
+#[derive(Debug, Clone, Default)]
+pub struct InboxFilter {
+    pub consent: Option<ConsentId>,
+    pub message_type: Option<MessageType>,
+    pub since: Option<OffsetDateTime>,
+    /// Only after this cursor (an audit index).
+    pub after: Option<u64>,
+    pub limit: u32,
+}
+
+const INBOX_COLUMNS: &str = "sender, message_id, message_type, purpose, consent_id, subject_ref, \
+     envelope, received_at, audit_idx";
+
+type InboxRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    i64,
+);
+
+fn inbox_row(r: InboxRow) -> Result<InboxMessage, StorageError> {
+    Ok(InboxMessage {
+        sender: r.0,
+        message_id: r.1,
+        message_type: r.2,
+        purpose: r.3,
+        consent_id: r.4,
+        subject_ref: r.5,
+        envelope: r.6,
+        received_at: r.7,
+        audit_idx: to_u64(r.8)?,
+    })
+}
+
+/// One page of the inbox in the order received (by audit index).
+pub async fn inbox_page(
+    db: &Database,
+    filter: &InboxFilter,
+) -> Result<Vec<InboxMessage>, StorageError> {
+    // Every filter is always bound; an absent one matches everything.
+    let sql = format!(
+        "SELECT {INBOX_COLUMNS} FROM inbox WHERE ($1 IS NULL OR consent_id = $1) \
+         AND ($2 IS NULL OR message_type = $2) AND ($3 IS NULL OR received_at >= $3) \
+         AND audit_idx > $4 ORDER BY audit_idx LIMIT $5"
+    );
+    let consent = filter.consent.as_ref().map(|c| c.as_str().to_owned());
+    let message_type = filter.message_type.map(|t| t.as_str().to_owned());
+    let since = filter.since.map(db_time);
+    let after = match filter.after {
+        Some(after) => to_i64(after)?,
+        None => -1,
+    };
+    let rows: Vec<InboxRow> = on_each_engine!(db, Database, |pool| {
+        // Built from constants only.
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(consent.clone())
+            .bind(message_type.clone())
+            .bind(since.clone())
+            .bind(after)
+            .bind(i64::from(filter.limit))
+            .fetch_all(pool)
+            .await?
+    });
+    rows.into_iter().map(inbox_row).collect()
+}
+
+/// A message this node sent (or has queued), for the timeline.
+#[derive(Debug, Clone)]
+pub struct SentMessage {
+    pub recipient: String,
+    pub consent_id: String,
+    pub message_type: String,
+    pub purpose: String,
+    pub envelope: Vec<u8>,
+    pub created_at: String,
+}
+
+/// Everything this node knows of one child, by its local key.
+#[derive(Debug, Clone, Default)]
+pub struct SubjectStory {
+    pub consents: Vec<super::StoredConsent>,
+    pub received: Vec<InboxMessage>,
+    pub sent: Vec<SentMessage>,
+}
+
+/// The consents bound to a local subject key, what was received under them, and the data
+/// messages sent under them (not cancelled).
+pub async fn subject_story(db: &Database, local_key: &str) -> Result<SubjectStory, StorageError> {
+    let ids: Vec<String> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_scalar(
+            "SELECT consent_id FROM consents WHERE local_subject_key = $1 ORDER BY created_at",
+        )
+        .bind(local_key)
+        .fetch_all(pool)
+        .await?
+    });
+    let mut story = SubjectStory::default();
+    for id in ids {
+        let consent: ConsentId = id
+            .parse()
+            .map_err(|_| StorageError::Invariant("a stored consent id is invalid".into()))?;
+        if let Some(stored) = super::consent(db, &consent).await? {
+            story.consents.push(stored);
+        }
+        let sql =
+            format!("SELECT {INBOX_COLUMNS} FROM inbox WHERE consent_id = $1 ORDER BY audit_idx");
+        let rows: Vec<InboxRow> = on_each_engine!(db, Database, |pool| {
+            // Built from constants only.
+            sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(consent.as_str())
+                .fetch_all(pool)
+                .await?
+        });
+        for row in rows {
+            story.received.push(inbox_row(row)?);
+        }
+        let sent: Vec<(String, String, String, Vec<u8>, String)> =
+            on_each_engine!(db, Database, |pool| {
+                sqlx::query_as(
+                    "SELECT recipient, consent_id, message_type, envelope, created_at FROM outbox \
+                     WHERE consent_id = $1 AND status <> 'cancelled' \
+                     AND message_type NOT IN ('consent.granted', 'consent.withdrawn') \
+                     ORDER BY audit_idx",
+                )
+                .bind(consent.as_str())
+                .fetch_all(pool)
+                .await?
+            });
+        for (recipient, consent_id, message_type, envelope, created_at) in sent {
+            let purpose = serde_json::from_slice::<serde_json::Value>(&envelope)
+                .ok()
+                .and_then(|e| {
+                    let p = e.get("purpose")?;
+                    Some(format!("{}@{}", p.get("id")?.as_str()?, p.get("version")?))
+                })
+                .unwrap_or_default();
+            story.sent.push(SentMessage {
+                recipient,
+                consent_id,
+                message_type,
+                purpose,
+                envelope,
+                created_at,
+            });
+        }
+    }
+    Ok(story)
 }

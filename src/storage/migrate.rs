@@ -25,6 +25,11 @@ const SQLITE: &[Migration] = &[
         name: "consent_exchange",
         sql: include_str!("../../migrations/sqlite/0003_consent_exchange.sql"),
     },
+    Migration {
+        version: 4,
+        name: "outbox",
+        sql: include_str!("../../migrations/sqlite/0004_outbox.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -42,6 +47,11 @@ const POSTGRES: &[Migration] = &[
         version: 3,
         name: "consent_exchange",
         sql: include_str!("../../migrations/postgres/0003_consent_exchange.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "outbox",
+        sql: include_str!("../../migrations/postgres/0004_outbox.sql"),
     },
 ];
 

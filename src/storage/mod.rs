@@ -22,10 +22,12 @@ mod consents;
 mod manifest_state;
 mod messages;
 mod migrate;
+mod outbox;
 
 pub use consents::{NewConsent, StoredConsent, StoredEvent, consent};
 pub use messages::{
-    InboxMessage, NewInboxMessage, SeenMessage, inbox_messages, seen_message, store_receipt,
+    InboxFilter, InboxMessage, NewInboxMessage, SeenMessage, SentMessage, SubjectStory,
+    inbox_messages, inbox_page, seen_message, store_receipt, subject_story,
 };
 
 pub use audit::{
@@ -33,6 +35,11 @@ pub use audit::{
     audit_leaf_hashes, audit_snapshot, audit_tree, latest_audit_checkpoint,
 };
 pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
+pub use outbox::{
+    ClaimedMessage, NewOutboxMessage, OutboxMessage, claim_due, consent_notices,
+    expired_inbox_count, mark_delivered, mark_refused, outbox_message, outbox_status_counts,
+    release_claim,
+};
 
 use crate::config::{DatabaseConfig, DatabaseUrl};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -55,9 +62,20 @@ pub enum StorageError {
     Invariant(String),
 }
 
-/// An instant as stored: RFC 3339 in UTC, so that stored times compare as text.
+/// An instant as stored: RFC 3339 in UTC with exactly six fractional digits, so that stored
+/// times compare correctly as text.
 pub(crate) fn db_time(t: time::OffsetDateTime) -> String {
-    crate::manifest::format_time(t.to_offset(time::UtcOffset::UTC))
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
 }
 
 /// A connection pool on one of the two supported engines.

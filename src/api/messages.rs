@@ -1,0 +1,488 @@
+//! The local message API: submit messages for delivery (one or a batch), follow their delivery,
+//! read the inbox, and the child's timeline (DESIGN §6).
+//!
+//! Submission runs the receiver's checks outbound (`admission::admit_outbound`), so a bad
+//! message is refused at once; an accepted one is queued in the outbox in the same transaction
+//! as its audit entry and answered 202. Every read of child data is audited.
+
+use super::Actor;
+use crate::admission::{self, Admission, Outcome};
+use crate::audit::entry::Decision as AuditDecision;
+use crate::audited::{self, Audited};
+use crate::domain::{ConsentId, MessageId};
+use crate::jwt::Role;
+use crate::node::NodeState;
+use crate::problem::Problem;
+use crate::storage::{self, SeenMessage};
+use crate::write_path::AuditReceipt;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, Responder, web};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The most messages one request may submit.
+pub const MAX_BATCH: usize = 1_000;
+/// The largest submission request: a full batch of ordinary summaries fits easily.
+const MAX_SUBMISSION_BYTES: usize = 8 * 1024 * 1024;
+
+/// The answer for one submitted message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmittedV1 {
+    /// The HTTP status this message alone would have had (202 queued, or the refusal's).
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// `queued` when accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The audit entry that accepted (or refused) the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_leaf_index: Option<u64>,
+    /// The refusal, a problem document with its reason code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Value>,
+}
+
+/// The answer to a batch: one result per message, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSubmittedV1 {
+    pub results: Vec<SubmittedV1>,
+}
+
+/// The answer to a submission: fresh decisions are audited before the answer exists; a
+/// submission made only of retries gets the first answers, audited the first time.
+pub enum SubmitAnswer {
+    Fresh(Audited<HttpResponse>),
+    Replay(HttpResponse),
+}
+
+impl Responder for SubmitAnswer {
+    type Body = actix_web::body::BoxBody;
+
+    fn respond_to(self, req: &HttpRequest) -> HttpResponse {
+        match self {
+            SubmitAnswer::Fresh(answer) => answer.respond_to(req),
+            SubmitAnswer::Replay(response) => response,
+        }
+    }
+}
+
+fn replayed(seen: SeenMessage, message_id: &MessageId) -> SubmittedV1 {
+    match seen.problem {
+        Some(problem) => SubmittedV1 {
+            status: seen.status,
+            message_id: Some(message_id.to_string()),
+            state: None,
+            audit_leaf_index: Some(seen.audit_idx),
+            problem: serde_json::from_str(&problem).ok(),
+        },
+        None => SubmittedV1 {
+            status: seen.status,
+            message_id: Some(message_id.to_string()),
+            state: Some("queued".into()),
+            audit_leaf_index: Some(seen.audit_idx),
+            problem: None,
+        },
+    }
+}
+
+/// Checks, records and queues one message; the result and the receipt of a fresh decision.
+async fn submit_one(
+    state: &NodeState,
+    actor: &Actor,
+    item: &Value,
+) -> Result<(SubmittedV1, Option<AuditReceipt>), Problem> {
+    let mut record = audited::record(state, "local.message.submit", AuditDecision::Deny, None);
+    record.actor = Some(actor.audit_actor(state));
+    match admission::admit_outbound(state, record, item).await? {
+        Admission::Replay(seen, message_id) => Ok((replayed(seen, &message_id), None)),
+        Admission::Decided(decided) => {
+            let decided = *decided;
+            let (receipt, _) = state
+                .audit
+                .append_with(decided.record, decided.changes)
+                .await
+                .map_err(|e| Problem::unavailable(&e))?;
+            let result = match decided.outcome {
+                Outcome::Refused(problem) => SubmittedV1 {
+                    status: problem.status,
+                    message_id: item
+                        .get("message_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    state: None,
+                    audit_leaf_index: Some(receipt.index),
+                    problem: serde_json::to_value(&problem).ok(),
+                },
+                Outcome::Admitted { message_id, .. } => {
+                    state.delivery_wake.notify_one();
+                    SubmittedV1 {
+                        status: 202,
+                        message_id: Some(message_id.to_string()),
+                        state: Some("queued".into()),
+                        audit_leaf_index: Some(receipt.index),
+                        problem: None,
+                    }
+                }
+            };
+            Ok((result, Some(receipt)))
+        }
+    }
+}
+
+/// The response for a single message: 202 with the result, or the refusal itself.
+fn single_response(result: &SubmittedV1) -> HttpResponse {
+    let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::FORBIDDEN);
+    match &result.problem {
+        Some(problem) => HttpResponse::build(status)
+            .content_type(crate::problem::CONTENT_TYPE)
+            .json(problem),
+        None => HttpResponse::build(status).json(result),
+    }
+}
+
+/// `POST /api/v1/messages` (submitter): one message object, or an array of up to 1,000.
+pub async fn submit(
+    actor: Actor,
+    state: web::Data<NodeState>,
+    payload: web::Payload,
+) -> Result<SubmitAnswer, Problem> {
+    actor
+        .require(&state, "/api/v1/messages", &[Role::Submitter])
+        .await?;
+    let bytes = crate::federation::read_limited(payload, MAX_SUBMISSION_BYTES)
+        .await?
+        .ok_or_else(|| Problem::body_too_large(MAX_SUBMISSION_BYTES))?;
+    let document = crate::strict_json::parse(&bytes).map_err(|e| {
+        Problem::malformed_request(format!(
+            "not a single strict JSON document: {}",
+            crate::strict_json::describe(&e)
+        ))
+    })?;
+    match document {
+        Value::Array(items) => {
+            if items.is_empty() || items.len() > MAX_BATCH {
+                return Err(Problem::malformed_request(format!(
+                    "a batch holds 1 to {MAX_BATCH} messages"
+                )));
+            }
+            // Every item is checked and appended concurrently, so the group commit takes them
+            // together; each is its own decision with its own audit entry.
+            let outcomes = futures_util::future::join_all(
+                items.iter().map(|item| submit_one(&state, &actor, item)),
+            )
+            .await;
+            let mut results = Vec::with_capacity(outcomes.len());
+            let mut last_receipt = None;
+            for outcome in outcomes {
+                let (result, receipt) = outcome?;
+                results.push(result);
+                last_receipt = receipt.or(last_receipt);
+            }
+            let response = HttpResponse::Ok().json(BatchSubmittedV1 { results });
+            Ok(match last_receipt {
+                Some(receipt) => SubmitAnswer::Fresh(Audited::new(receipt, response)),
+                None => SubmitAnswer::Replay(response),
+            })
+        }
+        item @ Value::Object(_) => {
+            let (result, receipt) = submit_one(&state, &actor, &item).await?;
+            let response = single_response(&result);
+            Ok(match receipt {
+                Some(receipt) => SubmitAnswer::Fresh(Audited::new(receipt, response)),
+                None => SubmitAnswer::Replay(response),
+            })
+        }
+        _ => Err(Problem::malformed_request(
+            "the body is one message object or an array of them",
+        )),
+    }
+}
+
+/// `GET /api/v1/messages/{id}`: a submitted message's delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageStatusV1 {
+    pub message_id: String,
+    pub recipient: String,
+    #[serde(rename = "type")]
+    pub message_type: String,
+    /// `queued`, `delivered`, `refused` or `cancelled`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub attempts: u32,
+    /// The receiver's verified receipt, once delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<crate::wire::ReceiptV1>,
+    /// The receiver's refusal, if it refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Value>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+pub async fn status(
+    actor: Actor,
+    state: web::Data<NodeState>,
+    path: web::Path<String>,
+) -> Result<Audited<HttpResponse>, Problem> {
+    let route = "/api/v1/messages/{id}";
+    actor
+        .require(&state, route, &[Role::Submitter, Role::Caseworker])
+        .await?;
+    let id: MessageId = path
+        .parse()
+        .map_err(|e: crate::domain::ParseError| Problem::malformed_request(e.to_string()))?;
+    let mut record = audited::record(&state, "local.message.read", AuditDecision::Permit, None);
+    record.actor = Some(actor.audit_actor(&state));
+    record.route = Some(route.to_owned());
+    record.message_id_hmac = Some(state.hmac.pseudonymise("message", id.as_str()));
+    let Some(message) = storage::outbox_message(&state.db, &id)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
+    else {
+        return Err(audited::deny(&state, record, Problem::not_found()).await);
+    };
+    record.peer = Some(message.recipient.clone());
+    record.message_type = Some(message.message_type.clone());
+    let receipt = audited::permit(&state, record).await?;
+    let answer = MessageStatusV1 {
+        message_id: message.message_id,
+        recipient: message.recipient,
+        message_type: message.message_type,
+        status: message.status,
+        reason: message.status_reason,
+        attempts: message.attempts,
+        receipt: message
+            .receipt
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok()),
+        problem: message
+            .problem
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok()),
+        created_at: message.created_at,
+        updated_at: message.updated_at,
+    };
+    Ok(Audited::new(receipt, HttpResponse::Ok().json(answer)))
+}
+
+/// `GET /api/v1/inbox` filters and paging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxQuery {
+    pub consent: Option<String>,
+    #[serde(rename = "type")]
+    pub message_type: Option<String>,
+    /// Only messages received at or after this instant (RFC 3339).
+    pub since: Option<String>,
+    /// Only messages after this cursor (the `next` of the previous page).
+    pub after: Option<u64>,
+    pub limit: Option<u32>,
+}
+
+/// One received message as a caseworker reads it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxItemV1 {
+    pub message_id: String,
+    pub sender: String,
+    #[serde(rename = "type")]
+    pub message_type: String,
+    pub purpose: String,
+    pub consent_id: String,
+    pub subject_ref: String,
+    pub received_at: String,
+    /// The message body as received.
+    pub body: Value,
+    /// The cursor of this item.
+    pub cursor: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxPageV1 {
+    pub items: Vec<InboxItemV1>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<u64>,
+}
+
+fn inbox_item(message: storage::InboxMessage) -> InboxItemV1 {
+    let body = serde_json::from_slice::<Value>(&message.envelope)
+        .ok()
+        .and_then(|e| e.get("body").cloned())
+        .unwrap_or(Value::Null);
+    InboxItemV1 {
+        message_id: message.message_id,
+        sender: message.sender,
+        message_type: message.message_type,
+        purpose: message.purpose,
+        consent_id: message.consent_id,
+        subject_ref: message.subject_ref,
+        received_at: message.received_at,
+        body,
+        cursor: message.audit_idx,
+    }
+}
+
+/// `GET /api/v1/inbox` (caseworker): received messages, oldest first, filtered and paged. The
+/// read is audited.
+pub async fn inbox(
+    actor: Actor,
+    state: web::Data<NodeState>,
+    query: web::Query<InboxQuery>,
+) -> Result<Audited<HttpResponse>, Problem> {
+    let route = "/api/v1/inbox";
+    actor.require(&state, route, &[Role::Caseworker]).await?;
+    let query = query.into_inner();
+    let consent: Option<ConsentId> = query
+        .consent
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: crate::domain::ParseError| Problem::malformed_request(e.to_string()))?;
+    let message_type: Option<crate::domain::MessageType> = query
+        .message_type
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: crate::domain::ParseError| Problem::malformed_request(e.to_string()))?;
+    let since = query
+        .since
+        .as_deref()
+        .map(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| Problem::malformed_request("since is an RFC 3339 instant"))
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 1_000);
+    let filter = storage::InboxFilter {
+        consent,
+        message_type,
+        since,
+        after: query.after,
+        limit,
+    };
+    let page = storage::inbox_page(&state.db, &filter)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    let mut record = audited::record(&state, "local.inbox.read", AuditDecision::Permit, None);
+    record.actor = Some(actor.audit_actor(&state));
+    record.route = Some(route.to_owned());
+    if let Some(consent) = &filter.consent {
+        record.consent_hmac = Some(state.hmac.pseudonymise("consent", consent.as_str()));
+    }
+    let receipt = audited::permit(&state, record).await?;
+    let next = (page.len() == limit as usize)
+        .then(|| page.last().map(|m| m.audit_idx))
+        .flatten();
+    let answer = InboxPageV1 {
+        items: page.into_iter().map(inbox_item).collect(),
+        next,
+    };
+    Ok(Audited::new(receipt, HttpResponse::Ok().json(answer)))
+}
+
+/// One event of a child's timeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineEventV1 {
+    pub at: String,
+    /// `consent` (an event of a consent), `received` (a partner reported) or `sent` (this
+    /// organisation reported or referred).
+    pub kind: String,
+    /// The other organisation.
+    pub partner: String,
+    pub consent_id: String,
+    /// The consent event, or the message type.
+    pub what: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineV1 {
+    pub subject: String,
+    pub events: Vec<TimelineEventV1>,
+}
+
+/// `GET /api/v1/subjects/{key}/timeline` (caseworker): the red thread of one child, by this
+/// node's own key for it. It joins the consents bound to that key, what partners reported under
+/// them, and what this organisation sent, in time order. The read is audited.
+pub async fn timeline(
+    actor: Actor,
+    state: web::Data<NodeState>,
+    path: web::Path<String>,
+) -> Result<Audited<HttpResponse>, Problem> {
+    let route = "/api/v1/subjects/{key}/timeline";
+    actor.require(&state, route, &[Role::Caseworker]).await?;
+    let key = path.into_inner();
+    let mut record = audited::record(&state, "local.timeline.read", AuditDecision::Permit, None);
+    record.actor = Some(actor.audit_actor(&state));
+    record.route = Some(route.to_owned());
+    record.subject_hmac = Some(state.hmac.pseudonymise("local-subject", &key));
+    let story = storage::subject_story(&state.db, &key)
+        .await
+        .map_err(|e| Problem::unavailable(&e))?;
+    if story.consents.is_empty() {
+        return Err(audited::deny(&state, record, Problem::not_found()).await);
+    }
+    let me = &state.identity.org;
+    let mut events = Vec::new();
+    for consent in &story.consents {
+        let partner = consent.record.other_party(me).to_string();
+        for event in &consent.events {
+            events.push(TimelineEventV1 {
+                at: crate::storage::db_time(event.at),
+                kind: "consent".into(),
+                partner: partner.clone(),
+                consent_id: consent.record.id.to_string(),
+                what: event.event.as_str().to_owned(),
+                purpose: None,
+                body: None,
+            });
+        }
+    }
+    for message in story.received {
+        let item = inbox_item(message);
+        events.push(TimelineEventV1 {
+            at: item.received_at,
+            kind: "received".into(),
+            partner: item.sender,
+            consent_id: item.consent_id,
+            what: item.message_type,
+            purpose: Some(item.purpose),
+            body: Some(item.body),
+        });
+    }
+    for sent in story.sent {
+        let body = serde_json::from_slice::<Value>(&sent.envelope)
+            .ok()
+            .and_then(|e| e.get("body").cloned());
+        events.push(TimelineEventV1 {
+            at: sent.created_at,
+            kind: "sent".into(),
+            partner: sent.recipient,
+            consent_id: sent.consent_id,
+            what: sent.message_type,
+            purpose: Some(sent.purpose),
+            body,
+        });
+    }
+    events.sort_by(|a, b| a.at.cmp(&b.at));
+    let receipt = audited::permit(&state, record).await?;
+    Ok(Audited::new(
+        receipt,
+        HttpResponse::Ok().json(TimelineV1 {
+            subject: key,
+            events,
+        }),
+    ))
+}

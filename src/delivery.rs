@@ -1,0 +1,334 @@
+//! The delivery worker: sends what the outbox holds to its peers, verifies each receipt, and
+//! records the outcome.
+//!
+//! The backlog lives in the database: each round claims at most [`CLAIM_LIMIT`] due rows (with a
+//! lease, so replicas on one PostgreSQL database never send the same row at once), so memory is
+//! bounded whatever the backlog. Withdrawal notices are claimed first. A failed attempt is
+//! retried with exponential backoff and full jitter; a peer that keeps failing trips its
+//! circuit breaker, and while it is open that peer's rows are not even claimed. A peer's
+//! refusal (a 4xx problem) is final and recorded with its reason. Delivery is at-least-once on
+//! the wire and exactly-once in effect: the receiver answers a replay with the first receipt.
+
+use crate::consent;
+use crate::domain::OrgId;
+use crate::federation::{self, PeerError};
+use crate::node::NodeState;
+use crate::storage::{self, ClaimedMessage};
+use actix_web::web;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// Rows claimed per round: with envelopes of at most 64 KiB, at most 2 MiB in memory.
+const CLAIM_LIMIT: u32 = 32;
+/// How long a claim lasts if the worker dies holding it.
+const LEASE: time::Duration = time::Duration::seconds(60);
+/// The first retry delay; it doubles with each attempt up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Consecutive failures that open a peer's circuit breaker.
+const BREAKER_THRESHOLD: u32 = 5;
+const FIRST_COOLDOWN: Duration = Duration::from_millis(500);
+const MAX_COOLDOWN: Duration = Duration::from_secs(30);
+/// How long the worker sleeps when nothing is due and nobody wakes it.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+
+/// Counters of the worker's work, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    pub delivered: AtomicU64,
+    pub refused: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    pub breaker_opened: AtomicU64,
+    pub breaker_closed: AtomicU64,
+}
+
+impl DeliveryStats {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One peer's circuit breaker.
+#[derive(Debug, Clone)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+    cooldown: Duration,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            failures: 0,
+            open_until: None,
+            cooldown: FIRST_COOLDOWN,
+        }
+    }
+}
+
+/// The breakers of all peers.
+#[derive(Debug, Default)]
+pub struct Breakers {
+    peers: Mutex<HashMap<OrgId, Breaker>>,
+}
+
+impl Breakers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OrgId, Breaker>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The peers whose breaker is open now.
+    fn open(&self) -> Vec<OrgId> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .filter(|(_, b)| b.open_until.is_some_and(|until| until > now))
+            .map(|(org, _)| org.clone())
+            .collect()
+    }
+
+    /// Whether the breaker is half open: its cooldown passed, one trial may go.
+    fn half_open(&self, peer: &OrgId) -> bool {
+        self.lock()
+            .get(peer)
+            .is_some_and(|b| b.open_until.is_some())
+    }
+
+    fn success(&self, peer: &OrgId, stats: &DeliveryStats) {
+        let mut peers = self.lock();
+        let breaker = peers.entry(peer.clone()).or_default();
+        if breaker.open_until.is_some() {
+            tracing::info!(%peer, "circuit breaker closed: the peer answers again");
+            DeliveryStats::add(&stats.breaker_closed);
+        }
+        *breaker = Breaker::default();
+    }
+
+    fn failure(&self, peer: &OrgId, stats: &DeliveryStats) {
+        let mut peers = self.lock();
+        let breaker = peers.entry(peer.clone()).or_default();
+        breaker.failures = breaker.failures.saturating_add(1);
+        let reopening = breaker.open_until.is_some();
+        if reopening || breaker.failures >= BREAKER_THRESHOLD {
+            if reopening {
+                breaker.cooldown = (breaker.cooldown * 2).min(MAX_COOLDOWN);
+            } else {
+                tracing::warn!(%peer, failures = breaker.failures, "circuit breaker opened: not calling the peer for a while");
+                DeliveryStats::add(&stats.breaker_opened);
+            }
+            breaker.open_until = Some(Instant::now() + breaker.cooldown);
+        }
+    }
+}
+
+/// The delay before attempt `attempts + 1`: exponential, capped, with full jitter in its upper
+/// half so that retries from many nodes do not line up.
+fn backoff(attempts: u32) -> Duration {
+    let exponent = attempts.min(16);
+    let cap = BASE_BACKOFF
+        .saturating_mul(1u32 << exponent)
+        .min(MAX_BACKOFF);
+    let jitter = consent::random_bytes::<2>()
+        .map(u16::from_le_bytes)
+        .unwrap_or(u16::MAX);
+    let half = cap / 2;
+    half + half.mul_f64(f64::from(jitter) / f64::from(u16::MAX))
+}
+
+fn to_time(duration: Duration) -> time::Duration {
+    time::Duration::try_from(duration).unwrap_or(time::Duration::MAX)
+}
+
+/// Whether a refusal is final (the peer decided) or worth retrying (it could not decide now).
+fn is_final(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
+
+/// The reason code of a problem document, if it is one.
+fn problem_reason(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "refused".into())
+}
+
+/// Attempts one message and records the outcome.
+async fn attempt(state: &NodeState, message: ClaimedMessage) {
+    let stats = &state.delivery_stats;
+    let now = || state.clock.now();
+    let Ok(peer) = message.recipient.parse::<OrgId>() else {
+        tracing::error!(message_id = %message.message_id, "an outbox row names an invalid recipient");
+        return;
+    };
+    let result = federation::send_envelope(state, &peer, message.envelope.clone()).await;
+    let outcome = match result {
+        Ok(receipt) => {
+            let key = state
+                .manifest
+                .snapshot()
+                .member(&peer)
+                .map(|m| m.audit_key.clone());
+            let verified = key.as_ref().map(|key| {
+                crate::receipt::verify(&receipt, &message.message_id, &message.envelope, key)
+            });
+            match (verified, serde_json::to_string(&receipt)) {
+                (Some(Ok(_)), Ok(json)) => {
+                    state.breakers.success(&peer, stats);
+                    DeliveryStats::add(&stats.delivered);
+                    storage::mark_delivered(&state.db, &message.message_id, &json, now()).await
+                }
+                (verified, _) => {
+                    // A receipt that does not verify proves nothing: keep the message queued
+                    // and say so loudly. The peer answers a retry with the same receipt, so
+                    // this needs an operator.
+                    tracing::error!(%peer, message_id = %message.message_id, problem = ?verified, "the peer's receipt does not verify");
+                    retry(state, &peer, &message).await
+                }
+            }
+        }
+        Err(PeerError::Refused { status, body }) if is_final(status) => {
+            state.breakers.success(&peer, stats);
+            DeliveryStats::add(&stats.refused);
+            let reason = problem_reason(&body);
+            tracing::info!(%peer, message_id = %message.message_id, %reason, "the peer refused a message");
+            storage::mark_refused(&state.db, &message.message_id, &body, &reason, now()).await
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "delivery attempt failed");
+            retry(state, &peer, &message).await
+        }
+    };
+    if let Err(e) = outcome {
+        // The claim's lease ends and the row is attempted again; the receiver answers a
+        // repeated message with its first answer, so nothing is applied twice.
+        tracing::error!(error = %e, "could not record a delivery outcome");
+    }
+}
+
+async fn retry(
+    state: &NodeState,
+    peer: &OrgId,
+    message: &ClaimedMessage,
+) -> Result<bool, storage::StorageError> {
+    DeliveryStats::add(&state.delivery_stats.failed_attempts);
+    state.breakers.failure(peer, &state.delivery_stats);
+    let attempts = message.attempts.saturating_add(1);
+    let now = state.clock.now();
+    storage::release_claim(
+        &state.db,
+        &message.message_id,
+        attempts,
+        now + to_time(backoff(message.attempts)),
+        now,
+    )
+    .await
+    .map(|()| false)
+}
+
+/// One round: claim due rows and attempt them, peers in parallel. Returns how many were
+/// claimed.
+pub async fn deliver_once(state: &NodeState) -> Result<usize, storage::StorageError> {
+    let now: OffsetDateTime = state.clock.now();
+    let skip = state.breakers.open();
+    let claimed = storage::claim_due(&state.db, now, now + LEASE, &skip, CLAIM_LIMIT).await?;
+    let count = claimed.len();
+    let mut by_peer: HashMap<String, Vec<ClaimedMessage>> = HashMap::new();
+    for message in claimed {
+        by_peer
+            .entry(message.recipient.clone())
+            .or_default()
+            .push(message);
+    }
+    let mut attempts = Vec::new();
+    for (peer, mut messages) in by_peer {
+        // A half-open breaker lets one trial through; the rest wait for its outcome.
+        if peer
+            .parse::<OrgId>()
+            .is_ok_and(|org| state.breakers.half_open(&org))
+        {
+            for extra in messages.split_off(1.min(messages.len())) {
+                let _ =
+                    storage::release_claim(&state.db, &extra.message_id, extra.attempts, now, now)
+                        .await;
+            }
+        }
+        attempts.extend(messages.into_iter().map(|m| attempt(state, m)));
+    }
+    futures_util::future::join_all(attempts).await;
+    Ok(count)
+}
+
+/// The worker: rounds until stopped; sleeps when idle until woken by a new message.
+pub async fn run(state: web::Data<NodeState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let claimed = match deliver_once(&state).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery round failed");
+                0
+            }
+        };
+        if claimed > 0 {
+            continue;
+        }
+        tokio::select! {
+            _ = state.delivery_wake.notified() => {}
+            _ = tokio::time::sleep(IDLE_POLL) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered_in_its_upper_half() {
+        for attempts in 0..30 {
+            let cap = BASE_BACKOFF
+                .saturating_mul(1u32 << attempts.min(16))
+                .min(MAX_BACKOFF);
+            let delay = backoff(attempts);
+            assert!(delay >= cap / 2 && delay <= cap, "{attempts}: {delay:?}");
+        }
+        assert!(backoff(30) <= MAX_BACKOFF);
+    }
+
+    #[test]
+    fn only_a_decision_of_the_peer_is_final() {
+        assert!(is_final(403));
+        assert!(is_final(409));
+        assert!(is_final(422));
+        assert!(!is_final(429));
+        assert!(!is_final(408));
+        assert!(!is_final(503));
+        assert!(!is_final(502));
+    }
+
+    #[test]
+    fn the_breaker_opens_after_repeated_failures_and_closes_on_success() {
+        let breakers = Breakers::default();
+        let stats = DeliveryStats::default();
+        let peer: OrgId = "red-barnet".parse().unwrap();
+        for _ in 1..BREAKER_THRESHOLD {
+            breakers.failure(&peer, &stats);
+        }
+        assert!(breakers.open().is_empty());
+        breakers.failure(&peer, &stats);
+        assert_eq!(breakers.open(), vec![peer.clone()]);
+        assert_eq!(stats.breaker_opened.load(Ordering::Relaxed), 1);
+        breakers.success(&peer, &stats);
+        assert!(breakers.open().is_empty());
+        assert_eq!(stats.breaker_closed.load(Ordering::Relaxed), 1);
+    }
+}

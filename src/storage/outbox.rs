@@ -1,0 +1,344 @@
+//! The outbox: messages accepted for delivery, their claims, attempts and outcomes.
+//!
+//! Rows are added only inside a [`WriteTx`], with the audit entry that accepted them, and
+//! cancelled there when their consent is withdrawn. The delivery worker claims due rows with a
+//! lease (on PostgreSQL with `FOR UPDATE SKIP LOCKED`, so replicas never claim the same row) and
+//! records each outcome.
+
+use super::audit::{to_i64, to_u64};
+use super::{Database, StorageError, WriteTx, db_time};
+use crate::domain::{ConsentId, MessageId, MessageType, OrgId};
+use time::OffsetDateTime;
+
+/// A message accepted for delivery.
+#[derive(Debug, Clone)]
+pub struct NewOutboxMessage {
+    pub message_id: MessageId,
+    pub recipient: OrgId,
+    pub message_type: MessageType,
+    pub consent: ConsentId,
+    /// The exact bytes to send.
+    pub envelope: Vec<u8>,
+    pub accepted_at: OffsetDateTime,
+}
+
+impl NewOutboxMessage {
+    /// Withdrawal notices go ahead of everything else queued.
+    fn priority(&self) -> i32 {
+        match self.message_type {
+            MessageType::ConsentWithdrawn => 0,
+            _ => 1,
+        }
+    }
+}
+
+/// A message as the outbox holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    pub message_id: String,
+    pub recipient: String,
+    pub message_type: String,
+    pub consent_id: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub attempts: u32,
+    pub receipt: Option<String>,
+    pub problem: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A claimed row, ready to send.
+#[derive(Debug, Clone)]
+pub struct ClaimedMessage {
+    pub message_id: String,
+    pub recipient: String,
+    pub envelope: Vec<u8>,
+    pub attempts: u32,
+}
+
+type OutboxRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+);
+
+fn outbox_row(r: OutboxRow) -> Result<OutboxMessage, StorageError> {
+    Ok(OutboxMessage {
+        message_id: r.0,
+        recipient: r.1,
+        message_type: r.2,
+        consent_id: r.3,
+        status: r.4,
+        status_reason: r.5,
+        attempts: u32::try_from(r.6)
+            .map_err(|_| StorageError::Invariant("an attempt count is out of range".into()))?,
+        receipt: r.7,
+        problem: r.8,
+        created_at: r.9,
+        updated_at: r.10,
+    })
+}
+
+const OUTBOX_COLUMNS: &str = "message_id, recipient, message_type, consent_id, status, \
+     status_reason, attempts, receipt, problem, created_at, updated_at";
+
+/// One outbox message by id.
+pub async fn outbox_message(
+    db: &Database,
+    id: &MessageId,
+) -> Result<Option<OutboxMessage>, StorageError> {
+    let sql = format!("SELECT {OUTBOX_COLUMNS} FROM outbox WHERE message_id = $1");
+    let row: Option<OutboxRow> = on_each_engine!(db, Database, |pool| {
+        // Built from constants only.
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(id.as_str())
+            .fetch_optional(pool)
+            .await?
+    });
+    row.map(outbox_row).transpose()
+}
+
+/// The consent notices this node sent under a consent, oldest first (their receipts carry the
+/// other side's acknowledgements).
+pub async fn consent_notices(
+    db: &Database,
+    consent: &ConsentId,
+) -> Result<Vec<OutboxMessage>, StorageError> {
+    let sql = format!(
+        "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE consent_id = $1 \
+         AND message_type IN ('consent.granted', 'consent.withdrawn') ORDER BY audit_idx"
+    );
+    let rows: Vec<OutboxRow> = on_each_engine!(db, Database, |pool| {
+        // Built from constants only.
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(consent.as_str())
+            .fetch_all(pool)
+            .await?
+    });
+    rows.into_iter().map(outbox_row).collect()
+}
+
+/// How many outbox rows have each status.
+pub async fn outbox_status_counts(db: &Database) -> Result<Vec<(String, u64)>, StorageError> {
+    let rows: Vec<(String, i64)> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_as("SELECT status, COUNT(*) FROM outbox GROUP BY status ORDER BY status")
+            .fetch_all(pool)
+            .await?
+    });
+    rows.into_iter()
+        .map(|(status, n)| Ok((status, to_u64(n)?)))
+        .collect()
+}
+
+/// Claims up to `limit` due rows (queued, due, not claimed by a live lease), most urgent first,
+/// skipping the recipients in `skip` (open circuit breakers). Each claim lasts until
+/// `lease_until`.
+pub async fn claim_due(
+    db: &Database,
+    now: OffsetDateTime,
+    lease_until: OffsetDateTime,
+    skip: &[OrgId],
+    limit: u32,
+) -> Result<Vec<ClaimedMessage>, StorageError> {
+    // Placeholders only; every value is bound.
+    let skip_clause = if skip.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 4)).collect();
+        format!("AND recipient NOT IN ({})", list.join(", "))
+    };
+    let locking = match db {
+        Database::Sqlite(_) => "",
+        Database::Postgres(_) => "FOR UPDATE SKIP LOCKED",
+    };
+    let sql = format!(
+        "UPDATE outbox SET claimed_until = $2 WHERE message_id IN (\
+           SELECT message_id FROM outbox WHERE status = 'queued' AND next_attempt_at <= $1 \
+           AND (claimed_until IS NULL OR claimed_until < $1) {skip_clause} \
+           ORDER BY priority, audit_idx LIMIT $3 {locking}) \
+         RETURNING message_id, recipient, envelope, attempts, priority, audit_idx"
+    );
+    let now = db_time(now);
+    let lease = db_time(lease_until);
+    let mut rows: Vec<(String, String, Vec<u8>, i64, i32, i64)> =
+        on_each_engine!(db, Database, |pool| {
+            // Built from constants and numbered placeholders only; every value is bound.
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(&now)
+                .bind(&lease)
+                .bind(i64::from(limit));
+            for org in skip {
+                query = query.bind(org.as_str());
+            }
+            query.fetch_all(pool).await?
+        });
+    // RETURNING does not keep the subquery's order.
+    rows.sort_by_key(|r| (r.4, r.5));
+    rows.into_iter()
+        .map(|(message_id, recipient, envelope, attempts, _, _)| {
+            Ok(ClaimedMessage {
+                message_id,
+                recipient,
+                envelope,
+                attempts: u32::try_from(attempts).map_err(|_| {
+                    StorageError::Invariant("an attempt count is out of range".into())
+                })?,
+            })
+        })
+        .collect()
+}
+
+/// Marks a message delivered with its verified receipt (only if still queued: a withdrawal may
+/// have cancelled it meanwhile). Returns whether it changed.
+pub async fn mark_delivered(
+    db: &Database,
+    id: &str,
+    receipt: &str,
+    now: OffsetDateTime,
+) -> Result<bool, StorageError> {
+    let sql = "UPDATE outbox SET status = 'delivered', receipt = $2, claimed_until = NULL, \
+               attempts = attempts + 1, updated_at = $3 WHERE message_id = $1 AND status = 'queued'";
+    let rows = on_each_engine!(db, Database, |pool| {
+        sqlx::query(sql)
+            .bind(id)
+            .bind(receipt)
+            .bind(db_time(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(rows == 1)
+}
+
+/// Marks a message refused by the peer, with its problem document and reason.
+pub async fn mark_refused(
+    db: &Database,
+    id: &str,
+    problem: &str,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<bool, StorageError> {
+    let sql = "UPDATE outbox SET status = 'refused', problem = $2, status_reason = $3, \
+               claimed_until = NULL, attempts = attempts + 1, updated_at = $4 \
+               WHERE message_id = $1 AND status = 'queued'";
+    let rows = on_each_engine!(db, Database, |pool| {
+        sqlx::query(sql)
+            .bind(id)
+            .bind(problem)
+            .bind(reason)
+            .bind(db_time(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(rows == 1)
+}
+
+/// Gives a claimed message back for a later attempt.
+pub async fn release_claim(
+    db: &Database,
+    id: &str,
+    attempts: u32,
+    next_attempt_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<(), StorageError> {
+    let sql = "UPDATE outbox SET claimed_until = NULL, attempts = $2, next_attempt_at = $3, \
+               updated_at = $4 WHERE message_id = $1 AND status = 'queued'";
+    on_each_engine!(db, Database, |pool| {
+        sqlx::query(sql)
+            .bind(id)
+            .bind(i64::from(attempts))
+            .bind(db_time(next_attempt_at))
+            .bind(db_time(now))
+            .execute(pool)
+            .await?
+            .rows_affected()
+    });
+    Ok(())
+}
+
+impl WriteTx {
+    /// Queues a message for delivery.
+    pub async fn enqueue_outbox(
+        &mut self,
+        message: &NewOutboxMessage,
+        audit_idx: u64,
+    ) -> Result<u64, StorageError> {
+        let sql = "INSERT INTO outbox (message_id, recipient, message_type, consent_id, priority, \
+                   audit_idx, envelope, status, next_attempt_at, created_at, updated_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $8, $8) \
+                   ON CONFLICT (message_id) DO NOTHING";
+        let audit_idx = to_i64(audit_idx)?;
+        let at = db_time(message.accepted_at);
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query(sql)
+                .bind(message.message_id.as_str())
+                .bind(message.recipient.as_str())
+                .bind(message.message_type.as_str())
+                .bind(message.consent.as_str())
+                .bind(message.priority())
+                .bind(audit_idx)
+                .bind(message.envelope.as_slice())
+                .bind(&at)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(rows)
+    }
+
+    /// Cancels every queued data message under a consent (its notices stay); returns how many.
+    pub async fn cancel_queued_for_consent(
+        &mut self,
+        consent: &ConsentId,
+        now: OffsetDateTime,
+    ) -> Result<u64, StorageError> {
+        let sql = "UPDATE outbox SET status = 'cancelled', \
+                   status_reason = 'cancelled-consent-withdrawn', claimed_until = NULL, \
+                   updated_at = $2 WHERE consent_id = $1 AND status = 'queued' \
+                   AND message_type NOT IN ('consent.granted', 'consent.withdrawn')";
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query(sql)
+                .bind(consent.as_str())
+                .bind(db_time(now))
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(rows)
+    }
+
+    /// Deletes received messages whose retention ended; returns how many.
+    pub async fn purge_expired_inbox(&mut self, now: OffsetDateTime) -> Result<u64, StorageError> {
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query("DELETE FROM inbox WHERE delete_after IS NOT NULL AND delete_after <= $1")
+                .bind(db_time(now))
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+        });
+        Ok(rows)
+    }
+}
+
+/// How many received messages are past their retention.
+pub async fn expired_inbox_count(db: &Database, now: OffsetDateTime) -> Result<u64, StorageError> {
+    let count: i64 = on_each_engine!(db, Database, |pool| {
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM inbox WHERE delete_after IS NOT NULL AND delete_after <= $1",
+        )
+        .bind(db_time(now))
+        .fetch_one(pool)
+        .await?
+    });
+    to_u64(count)
+}
