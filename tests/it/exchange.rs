@@ -14,34 +14,34 @@ use brobygger::storage;
 use serde_json::{Value, json};
 use time::{Date, Duration, OffsetDateTime};
 
-const THREE: &[(&str, OrgKind)] = &[
+pub const THREE: &[(&str, OrgKind)] = &[
     ("herning-kommune", OrgKind::Municipality),
     ("fredericia-kommune", OrgKind::Municipality),
     ("red-barnet", OrgKind::Ngo),
 ];
-const KOMMUNE: &str = "herning-kommune";
-const OTHER_KOMMUNE: &str = "fredericia-kommune";
-const NGO: &str = "red-barnet";
-const ALL_PURPOSES: &[&str] = &[
+pub const KOMMUNE: &str = "herning-kommune";
+pub const OTHER_KOMMUNE: &str = "fredericia-kommune";
+pub const NGO: &str = "red-barnet";
+pub const ALL_PURPOSES: &[&str] = &[
     "smaaboernsklub-fremmoede",
     "henvisning-til-klub",
     "svar-paa-henvisning",
 ];
 
-fn new_message_id() -> String {
+pub fn new_message_id() -> String {
     let now = OffsetDateTime::now_utc();
     let millis = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap();
     let random = brobygger::consent::random_bytes::<10>().unwrap();
     MessageId::v7(millis, random).to_string()
 }
 
-fn date(days_from_today: i64) -> String {
+pub fn date(days_from_today: i64) -> String {
     let today: Date = OffsetDateTime::now_utc().date();
     (today + Duration::days(days_from_today)).to_string()
 }
 
 /// A call to a node's local API with a development token holding `roles`.
-async fn local(
+pub async fn local(
     fed: &TestFederation,
     org: &str,
     method: reqwest::Method,
@@ -65,7 +65,7 @@ async fn local(
     )
 }
 
-fn consent_request(counterpart: &str, purposes: &[&str], from: &str, until: &str) -> Value {
+pub fn consent_request(counterpart: &str, purposes: &[&str], from: &str, until: &str) -> Value {
     json!({
         "counterpart": counterpart,
         "purposes": purposes.iter().map(|p| json!({"id": p, "version": 1})).collect::<Vec<_>>(),
@@ -110,7 +110,7 @@ pub async fn wait_delivered(fed: &TestFederation, org: &str, message_id: &str) -
 
 /// Records a consent at `at` for `counterpart` through the local API; waits until the
 /// counterpart admitted it.
-async fn record_consent(
+pub async fn record_consent(
     fed: &TestFederation,
     at: &str,
     counterpart: &str,
@@ -130,7 +130,7 @@ async fn record_consent(
     body
 }
 
-fn envelope(
+pub fn envelope(
     from: &str,
     to: &str,
     kind: &str,
@@ -152,7 +152,7 @@ fn envelope(
     })
 }
 
-fn summary(consent: &Value) -> Value {
+pub fn summary(consent: &Value) -> Value {
     envelope(
         NGO,
         KOMMUNE,
@@ -170,7 +170,7 @@ fn summary(consent: &Value) -> Value {
     )
 }
 
-fn referral(consent: &Value) -> Value {
+pub fn referral(consent: &Value) -> Value {
     envelope(
         KOMMUNE,
         NGO,
@@ -187,7 +187,12 @@ fn referral(consent: &Value) -> Value {
 }
 
 /// Sends exact bytes from one node to another over mTLS; the answer's status and JSON.
-async fn send_bytes(fed: &TestFederation, from: &str, to: &str, bytes: Vec<u8>) -> (u16, Value) {
+pub async fn send_bytes(
+    fed: &TestFederation,
+    from: &str,
+    to: &str,
+    bytes: Vec<u8>,
+) -> (u16, Value) {
     let state = &fed.node(from).state;
     match federation::send_envelope(state, &to.parse().unwrap(), bytes).await {
         Ok(receipt) => (200, serde_json::to_value(receipt).unwrap()),
@@ -196,11 +201,11 @@ async fn send_bytes(fed: &TestFederation, from: &str, to: &str, bytes: Vec<u8>) 
     }
 }
 
-async fn send(fed: &TestFederation, from: &str, to: &str, doc: &Value) -> (u16, Value) {
+pub async fn send(fed: &TestFederation, from: &str, to: &str, doc: &Value) -> (u16, Value) {
     send_bytes(fed, from, to, serde_json::to_vec(doc).unwrap()).await
 }
 
-async fn entries(fed: &TestFederation, org: &str) -> Vec<DecodedEntry> {
+pub async fn entries(fed: &TestFederation, org: &str) -> Vec<DecodedEntry> {
     storage::audit_entries(&fed.node(org).state.db)
         .await
         .unwrap()
@@ -209,7 +214,7 @@ async fn entries(fed: &TestFederation, org: &str) -> Vec<DecodedEntry> {
         .collect()
 }
 
-async fn inbox_len(fed: &TestFederation, org: &str) -> usize {
+pub async fn inbox_len(fed: &TestFederation, org: &str) -> usize {
     storage::inbox_messages(&fed.node(org).state.db)
         .await
         .unwrap()
@@ -217,12 +222,12 @@ async fn inbox_len(fed: &TestFederation, org: &str) -> usize {
 }
 
 /// What a node holds before a request, to compare with after.
-struct Before {
+pub struct Before {
     audit: usize,
     inbox: usize,
 }
 
-async fn before(fed: &TestFederation, org: &str) -> Before {
+pub async fn before(fed: &TestFederation, org: &str) -> Before {
     Before {
         audit: entries(fed, org).await.len(),
         inbox: inbox_len(fed, org).await,
@@ -230,7 +235,7 @@ async fn before(fed: &TestFederation, org: &str) -> Before {
 }
 
 /// The refusal had this status and reason, stored nothing, and is exactly one audit entry.
-async fn assert_refused_once(
+pub async fn assert_refused_once(
     fed: &TestFederation,
     at: &str,
     was: &Before,

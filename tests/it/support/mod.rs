@@ -2,6 +2,7 @@
 //! that present chosen certificates, and helpers to sign manifests and tokens.
 
 pub mod postgres;
+pub mod process;
 
 use brobygger::config::Config;
 use brobygger::domain::{FederationName, OrgId, OrgKind};
@@ -115,6 +116,26 @@ impl TestPki {
     /// Signs and installs `doc` as the manifest file.
     pub fn write_manifest(&self, doc: &ManifestDocV1) {
         std::fs::write(self.manifest_path(), self.sign_manifest(doc)).unwrap();
+    }
+
+    /// A development token for `org`'s local API, valid for ten minutes from now.
+    pub fn token(&self, org: &str, roles: &[brobygger::jwt::Role]) -> String {
+        let config = self.config(org, &[]);
+        let pem = std::fs::read_to_string(config.local_api.dev_token_key.unwrap()).unwrap();
+        let issuer = brobygger::jwt::DevIssuer::from_pem(
+            &pem,
+            &config.local_api.dev_token_kid,
+            &config.local_api.issuer,
+            &config.local_api.audience,
+        )
+        .unwrap();
+        issuer.mint(
+            "test-user",
+            roles,
+            None,
+            600,
+            OffsetDateTime::now_utc().unix_timestamp(),
+        )
     }
 
     /// Loads a node's config with test overrides: both listeners on port 0, one worker.
