@@ -167,6 +167,7 @@ async fn attempt(state: &NodeState, message: ClaimedMessage) {
         return;
     };
     let result = federation::send_envelope(state, &peer, message.envelope.clone()).await;
+    crate::failpoint::hit(crate::failpoint::SENDER_AFTER_SEND);
     let outcome = match result {
         Ok(receipt) => {
             let key = state
@@ -266,6 +267,12 @@ pub async fn deliver_once(state: &NodeState) -> Result<usize, storage::StorageEr
 
 /// The worker: rounds until stopped; sleeps when idle until woken by a new message.
 pub async fn run(state: web::Data<NodeState>, mut stop: watch::Receiver<bool>) {
+    // An SQLite database belongs to this one node, so claims left by a previous run of it (say,
+    // killed mid-delivery) are stale: free them now rather than wait for their lease. On
+    // PostgreSQL another replica may hold a live claim, so leases simply run out.
+    if let Err(e) = storage::release_own_stale_claims(&state.db).await {
+        tracing::warn!(error = %e, "could not release stale delivery claims");
+    }
     loop {
         if *stop.borrow() {
             break;

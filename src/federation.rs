@@ -226,6 +226,7 @@ async fn receive_envelope(
                 .append_with(decided.record, decided.changes)
                 .await
                 .map_err(|e| Problem::unavailable(&e))?;
+            crate::failpoint::hit(crate::failpoint::RECEIVER_AFTER_COMMIT);
             let response = match decided.outcome {
                 Outcome::Refused(problem) => problem.respond(),
                 Outcome::Admitted { message_id, ack } => {

@@ -14,6 +14,7 @@ pub mod consent;
 pub mod cpr;
 pub mod delivery;
 pub mod domain;
+pub mod failpoint;
 pub mod federation;
 pub mod identity;
 pub mod jwt;

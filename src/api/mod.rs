@@ -146,6 +146,9 @@ struct Readiness {
 struct DatabaseCheck {
     engine: &'static str,
     ok: bool,
+    /// SQLite's `PRAGMA synchronous` (2 = FULL: a commit is on disk before it is answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sqlite_synchronous: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -200,6 +203,7 @@ async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
         database: DatabaseCheck {
             engine: state.db.engine(),
             ok: database_ok,
+            sqlite_synchronous: state.db.sqlite_synchronous().await.ok().flatten(),
         },
         manifest: ManifestCheck {
             serial: manifest.serial,

@@ -38,7 +38,7 @@ pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
 pub use outbox::{
     ClaimedMessage, NewOutboxMessage, OutboxMessage, claim_due, consent_notices,
     expired_inbox_count, mark_delivered, mark_refused, outbox_message, outbox_status_counts,
-    release_claim,
+    release_claim, release_own_stale_claims,
 };
 
 use crate::config::{DatabaseConfig, DatabaseUrl};

@@ -243,6 +243,20 @@ pub async fn mark_refused(
     Ok(rows == 1)
 }
 
+/// On SQLite (one node per database), frees every claim: called at start, when no delivery of
+/// this node is in flight. Does nothing on PostgreSQL, where other replicas' claims are live.
+pub async fn release_own_stale_claims(db: &Database) -> Result<u64, StorageError> {
+    match db {
+        Database::Sqlite(pool) => Ok(sqlx::query(
+            "UPDATE outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL",
+        )
+        .execute(pool)
+        .await?
+        .rows_affected()),
+        Database::Postgres(_) => Ok(0),
+    }
+}
+
 /// Gives a claimed message back for a later attempt.
 pub async fn release_claim(
     db: &Database,

@@ -9,6 +9,7 @@ mod audit_crosscheck;
 mod audit_verify;
 mod cli;
 mod config_errors;
+mod crash;
 mod delivery;
 mod exchange;
 mod local_api_auth;

@@ -109,6 +109,20 @@ impl NodeProcess {
             .unwrap()
             .code()
     }
+
+    /// SIGKILL: the process dies at once, wherever it is.
+    pub async fn kill(mut self) {
+        self.signal("-KILL");
+        let _ = self.child.wait().await;
+    }
+
+    /// Waits for the process to exit by itself (say, at an armed failpoint).
+    pub async fn exited(mut self, within: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit: {}", self.org, self.log()))
+            .unwrap()
+    }
 }
 
 /// Publishes a manifest (next serial) with the nodes' real federation endpoints; running nodes
