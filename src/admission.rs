@@ -561,7 +561,7 @@ fn admitted(
 
 /// The fields a local system gives for one message (`POST /api/v1/messages`); the node adds
 /// the sender, the child's pairwise reference (from the consent) and the time.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(utoipa::ToSchema, Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmissionV1 {
     /// The client may choose the id (a UUID), so that a retry is recognised.

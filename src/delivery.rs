@@ -3,7 +3,9 @@
 //!
 //! The backlog lives in the database: each round claims at most [`CLAIM_LIMIT`] due rows (with a
 //! lease, so replicas on one PostgreSQL database never send the same row at once), so memory is
-//! bounded whatever the backlog. Withdrawal notices are claimed first. A failed attempt is
+//! bounded whatever the backlog. Withdrawal notices are claimed first. Each peer's claimed rows
+//! go in one batch request from a task of that peer's own, so a slow peer never holds up the
+//! others, and a peer never has two deliveries in flight from this node. A failed attempt is
 //! retried with exponential backoff and full jitter; a peer that keeps failing trips its
 //! circuit breaker, and while it is open that peer's rows are not even claimed. A peer's
 //! refusal (a 4xx problem) is final and recorded with its reason. Delivery is at-least-once on
@@ -22,8 +24,9 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-/// Rows claimed per round: with envelopes of at most 64 KiB, at most 2 MiB in memory.
-const CLAIM_LIMIT: u32 = 32;
+/// Rows claimed per round (for all peers together): with envelopes of at most 64 KiB, at most
+/// 8 MiB in memory, however long the backlog.
+const CLAIM_LIMIT: u32 = 128;
 /// How long a claim lasts if the worker dies holding it.
 const LEASE: time::Duration = time::Duration::seconds(60);
 /// The first retry delay; it doubles with each attempt up to [`MAX_BACKOFF`].
@@ -70,10 +73,11 @@ impl Default for Breaker {
     }
 }
 
-/// The breakers of all peers.
+/// The breakers of all peers, and which peers have a delivery task running.
 #[derive(Debug, Default)]
 pub struct Breakers {
     peers: Mutex<HashMap<OrgId, Breaker>>,
+    busy: Mutex<std::collections::HashSet<OrgId>>,
 }
 
 impl Breakers {
@@ -81,6 +85,27 @@ impl Breakers {
         self.peers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn busy(&self) -> Vec<OrgId> {
+        self.busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn set_busy(&self, peer: &OrgId, busy: bool) {
+        let mut set = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if busy {
+            set.insert(peer.clone());
+        } else {
+            set.remove(peer);
+        }
     }
 
     /// The peers whose breaker is open now.
@@ -158,57 +183,115 @@ fn problem_reason(body: &str) -> String {
         .unwrap_or_else(|| "refused".into())
 }
 
-/// Attempts one message and records the outcome.
-async fn attempt(state: &NodeState, message: ClaimedMessage) {
+/// What became of one attempt at one message.
+enum Attempt {
+    Receipt(crate::wire::ReceiptV1),
+    /// The peer answered with a problem for this message.
+    Problem {
+        status: u16,
+        body: String,
+    },
+    /// The request did not get an answer about this message.
+    Failed(String),
+}
+
+/// Records the outcome of one attempt.
+async fn settle(state: &NodeState, peer: &OrgId, message: &ClaimedMessage, attempt: Attempt) {
     let stats = &state.delivery_stats;
-    let now = || state.clock.now();
-    let Ok(peer) = message.recipient.parse::<OrgId>() else {
-        tracing::error!(message_id = %message.message_id, "an outbox row names an invalid recipient");
-        return;
-    };
-    let result = federation::send_envelope(state, &peer, message.envelope.clone()).await;
-    crate::failpoint::hit(crate::failpoint::SENDER_AFTER_SEND);
-    let outcome = match result {
-        Ok(receipt) => {
+    let now = state.clock.now();
+    let outcome = match attempt {
+        Attempt::Receipt(receipt) => {
             let key = state
                 .manifest
                 .snapshot()
-                .member(&peer)
+                .member(peer)
                 .map(|m| m.audit_key.clone());
             let verified = key.as_ref().map(|key| {
                 crate::receipt::verify(&receipt, &message.message_id, &message.envelope, key)
             });
             match (verified, serde_json::to_string(&receipt)) {
                 (Some(Ok(_)), Ok(json)) => {
-                    state.breakers.success(&peer, stats);
+                    state.breakers.success(peer, stats);
                     DeliveryStats::add(&stats.delivered);
-                    storage::mark_delivered(&state.db, &message.message_id, &json, now()).await
+                    storage::mark_delivered(&state.db, &message.message_id, &json, now).await
                 }
                 (verified, _) => {
                     // A receipt that does not verify proves nothing: keep the message queued
                     // and say so loudly. The peer answers a retry with the same receipt, so
                     // this needs an operator.
                     tracing::error!(%peer, message_id = %message.message_id, problem = ?verified, "the peer's receipt does not verify");
-                    retry(state, &peer, &message).await
+                    retry(state, peer, message).await
                 }
             }
         }
-        Err(PeerError::Refused { status, body }) if is_final(status) => {
-            state.breakers.success(&peer, stats);
+        Attempt::Problem { status, body } if is_final(status) => {
+            state.breakers.success(peer, stats);
             DeliveryStats::add(&stats.refused);
             let reason = problem_reason(&body);
             tracing::info!(%peer, message_id = %message.message_id, %reason, "the peer refused a message");
-            storage::mark_refused(&state.db, &message.message_id, &body, &reason, now()).await
+            storage::mark_refused(&state.db, &message.message_id, &body, &reason, now).await
         }
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "delivery attempt failed");
-            retry(state, &peer, &message).await
+        Attempt::Problem { status, .. } => {
+            tracing::debug!(%peer, status, "the peer could not take a message now");
+            retry(state, peer, message).await
+        }
+        Attempt::Failed(error) => {
+            tracing::debug!(%peer, %error, "delivery attempt failed");
+            retry(state, peer, message).await
         }
     };
     if let Err(e) = outcome {
         // The claim's lease ends and the row is attempted again; the receiver answers a
         // repeated message with its first answer, so nothing is applied twice.
         tracing::error!(error = %e, "could not record a delivery outcome");
+    }
+}
+
+fn attempt_of(result: Result<crate::wire::ReceiptV1, PeerError>) -> Attempt {
+    match result {
+        Ok(receipt) => Attempt::Receipt(receipt),
+        Err(PeerError::Refused { status, body }) => Attempt::Problem { status, body },
+        Err(e) => Attempt::Failed(e.to_string()),
+    }
+}
+
+/// Sends one peer's claimed messages: alone, or as one batch request, and settles each.
+async fn deliver_to_peer(state: &NodeState, peer: &OrgId, messages: Vec<ClaimedMessage>) {
+    if let [message] = messages.as_slice() {
+        let result = federation::send_envelope(state, peer, message.envelope.clone()).await;
+        crate::failpoint::hit(crate::failpoint::SENDER_AFTER_SEND);
+        settle(state, peer, message, attempt_of(result)).await;
+        return;
+    }
+    let envelopes: Vec<&[u8]> = messages.iter().map(|m| m.envelope.as_slice()).collect();
+    let result = federation::send_batch(state, peer, &envelopes).await;
+    crate::failpoint::hit(crate::failpoint::SENDER_AFTER_SEND);
+    match result {
+        Ok(results) => {
+            for (message, result) in messages.iter().zip(results) {
+                let attempt = match result {
+                    federation::ItemResult::Receipt(receipt) => Attempt::Receipt(receipt),
+                    federation::ItemResult::Problem { status, body } => {
+                        Attempt::Problem { status, body }
+                    }
+                };
+                settle(state, peer, message, attempt).await;
+            }
+        }
+        Err(e) => {
+            let attempt = attempt_of(Err(e));
+            for message in &messages {
+                let again = match &attempt {
+                    Attempt::Problem { status, body } => Attempt::Problem {
+                        status: *status,
+                        body: body.clone(),
+                    },
+                    Attempt::Failed(error) => Attempt::Failed(error.clone()),
+                    Attempt::Receipt(receipt) => Attempt::Receipt(receipt.clone()),
+                };
+                settle(state, peer, message, again).await;
+            }
+        }
     }
 }
 
@@ -232,11 +315,15 @@ async fn retry(
     .map(|()| false)
 }
 
-/// One round: claim due rows and attempt them, peers in parallel. Returns how many were
-/// claimed.
-pub async fn deliver_once(state: &NodeState) -> Result<usize, storage::StorageError> {
+/// One round: claims due rows of the peers that are neither busy nor behind an open breaker,
+/// and starts one task per peer for them. Returns how many rows were claimed.
+async fn deliver_once(
+    state: &web::Data<NodeState>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<usize, storage::StorageError> {
     let now: OffsetDateTime = state.clock.now();
-    let skip = state.breakers.open();
+    let mut skip = state.breakers.open();
+    skip.extend(state.breakers.busy());
     let claimed = storage::claim_due(&state.db, now, now + LEASE, &skip, CLAIM_LIMIT).await?;
     let count = claimed.len();
     let mut by_peer: HashMap<String, Vec<ClaimedMessage>> = HashMap::new();
@@ -246,26 +333,37 @@ pub async fn deliver_once(state: &NodeState) -> Result<usize, storage::StorageEr
             .or_default()
             .push(message);
     }
-    let mut attempts = Vec::new();
     for (peer, mut messages) in by_peer {
+        let Ok(peer) = peer.parse::<OrgId>() else {
+            tracing::error!(%peer, "outbox rows name an invalid recipient");
+            continue;
+        };
         // A half-open breaker lets one trial through; the rest wait for its outcome.
-        if peer
-            .parse::<OrgId>()
-            .is_ok_and(|org| state.breakers.half_open(&org))
-        {
+        if state.breakers.half_open(&peer) {
             for extra in messages.split_off(1.min(messages.len())) {
                 let _ =
                     storage::release_claim(&state.db, &extra.message_id, extra.attempts, now, now)
                         .await;
             }
         }
-        attempts.extend(messages.into_iter().map(|m| attempt(state, m)));
+        state.breakers.set_busy(&peer, true);
+        let state = state.clone();
+        tasks.spawn(async move {
+            deliver_to_peer(&state, &peer, messages).await;
+            state.breakers.set_busy(&peer, false);
+            // The peer may have more due: look again now.
+            state.delivery_wake.notify_one();
+        });
     }
-    futures_util::future::join_all(attempts).await;
     Ok(count)
 }
 
-/// The worker: rounds until stopped; sleeps when idle until woken by a new message.
+/// How long a stopping node waits for deliveries in flight before it abandons them (their
+/// claims run out and they are sent again; the receiver answers a repeat with its first answer).
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The worker: rounds until stopped; sleeps when idle until woken by a new message or a
+/// finished peer task. Each peer has its own task, so a slow peer never holds up the others.
 pub async fn run(state: web::Data<NodeState>, mut stop: watch::Receiver<bool>) {
     // An SQLite database belongs to this one node, so claims left by a previous run of it (say,
     // killed mid-delivery) are stale: free them now rather than wait for their lease. On
@@ -273,11 +371,13 @@ pub async fn run(state: web::Data<NodeState>, mut stop: watch::Receiver<bool>) {
     if let Err(e) = storage::release_own_stale_claims(&state.db).await {
         tracing::warn!(error = %e, "could not release stale delivery claims");
     }
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         if *stop.borrow() {
             break;
         }
-        let claimed = match deliver_once(&state).await {
+        while tasks.try_join_next().is_some() {}
+        let claimed = match deliver_once(&state, &mut tasks).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "delivery round failed");
@@ -293,6 +393,11 @@ pub async fn run(state: web::Data<NodeState>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => {}
         }
     }
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
 }
 
 #[cfg(test)]

@@ -203,22 +203,52 @@ impl actix_web::Responder for EnvelopeAnswer {
 /// The header that marks the answer to a replay (the body is the first answer, unchanged).
 pub const REPLAYED_HEADER: &str = "brobygger-replayed";
 
-/// `POST /fed/v1/envelopes`: admission (DESIGN §5), the audit append with the state changes
-/// of the decision in one transaction, then the answer: a receipt or a problem.
-async fn receive_envelope(
-    peer: AuthenticatedPeer,
-    state: web::Data<NodeState>,
-    payload: web::Payload,
-) -> Result<EnvelopeAnswer, Problem> {
-    // One byte over the limit is enough to know the envelope is too large; admission then
-    // refuses it (and audits that) without reading the rest.
-    let bytes = read_limited(payload, crate::boundary::MAX_ENVELOPE_BYTES + 1)
-        .await?
-        .unwrap_or_else(|| vec![b' '; crate::boundary::MAX_ENVELOPE_BYTES + 1]);
-    match admission::admit_inbound(&state, &peer.member, &bytes).await? {
-        Admission::Replay(seen, message_id) => Ok(EnvelopeAnswer::Replay(
-            replay_answer(&state, &peer.member.org, seen, &message_id).await?,
-        )),
+/// The most envelopes one batch request may carry.
+pub const MAX_BATCH_ENVELOPES: usize = 256;
+/// The largest batch request.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
+/// The answer to one envelope: its status and JSON body (a receipt or a problem document), and
+/// the audit receipt of a fresh decision (`None` for a replay).
+struct ItemAnswer {
+    status: u16,
+    body: String,
+    audit: Option<crate::write_path::AuditReceipt>,
+}
+
+impl ItemAnswer {
+    fn response(&self) -> HttpResponse {
+        let status = actix_web::http::StatusCode::from_u16(self.status)
+            .unwrap_or(actix_web::http::StatusCode::FORBIDDEN);
+        let mut response = HttpResponse::build(status);
+        response.content_type(if self.status >= 400 {
+            crate::problem::CONTENT_TYPE
+        } else {
+            "application/json"
+        });
+        if self.audit.is_none() {
+            response.insert_header((REPLAYED_HEADER, "true"));
+        }
+        response.body(self.body.clone())
+    }
+}
+
+/// Admits one envelope, appends the decision with its changes, and builds the answer.
+async fn answer_one(
+    state: &NodeState,
+    peer: &AuthenticatedPeer,
+    bytes: &[u8],
+) -> Result<ItemAnswer, Problem> {
+    match admission::admit_inbound(state, &peer.member, bytes).await? {
+        Admission::Replay(seen, message_id) => {
+            let status = seen.status;
+            let body = replay_answer(state, &peer.member.org, seen, &message_id).await?;
+            Ok(ItemAnswer {
+                status,
+                body,
+                audit: None,
+            })
+        }
         Admission::Decided(decided) => {
             let decided = *decided;
             let (receipt, counts) = state
@@ -227,10 +257,13 @@ async fn receive_envelope(
                 .await
                 .map_err(|e| Problem::unavailable(&e))?;
             crate::failpoint::hit(crate::failpoint::RECEIVER_AFTER_COMMIT);
-            let response = match decided.outcome {
-                Outcome::Refused(problem) => problem.respond(),
+            let (status, body) = match decided.outcome {
+                Outcome::Refused(problem) => (
+                    problem.status,
+                    serde_json::to_string(&problem).map_err(|e| Problem::internal(&e))?,
+                ),
                 Outcome::Admitted { message_id, ack } => {
-                    let ack = ack.map(|plan| fill_ack(&state, &message_id, &plan, &counts));
+                    let ack = ack.map(|plan| fill_ack(state, &message_id, &plan, &counts));
                     let (Some(entry), Some(proof)) = (receipt.entry(), receipt.inclusion_proof())
                     else {
                         return Err(Problem::internal(&"a receipt without its entry or proof"));
@@ -256,14 +289,110 @@ async fn receive_envelope(
                     {
                         tracing::warn!(error = %e, "could not store a receipt; a replay will rebuild it");
                     }
-                    HttpResponse::Ok()
-                        .content_type("application/json")
-                        .body(json)
+                    (200, json)
                 }
             };
-            Ok(EnvelopeAnswer::Fresh(Audited::new(receipt, response)))
+            Ok(ItemAnswer {
+                status,
+                body,
+                audit: Some(receipt),
+            })
         }
     }
+}
+
+/// `POST /fed/v1/envelopes`: one envelope (a JSON object), or a batch (a JSON array of
+/// envelopes). Each envelope is admitted on its own (DESIGN §5), its decision appended with its
+/// state changes in one transaction, then answered: a receipt or a problem. A batch is answered
+/// 200 with one result per envelope, in order; the envelopes of a batch share group commits.
+async fn receive_envelope(
+    peer: AuthenticatedPeer,
+    state: web::Data<NodeState>,
+    payload: web::Payload,
+) -> Result<EnvelopeAnswer, Problem> {
+    let Some(bytes) = read_limited(payload, MAX_BATCH_BYTES).await? else {
+        return Err(refuse_request(&state, &peer, Problem::body_too_large(MAX_BATCH_BYTES)).await);
+    };
+    let is_batch = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[');
+    if !is_batch {
+        let answer = answer_one(&state, &peer, &bytes).await?;
+        let response = answer.response();
+        return Ok(match answer.audit {
+            Some(receipt) => EnvelopeAnswer::Fresh(Audited::new(receipt, response)),
+            None => EnvelopeAnswer::Replay(response),
+        });
+    }
+    // The whole batch must be one strict JSON document before any envelope is read from it.
+    let items: Vec<&serde_json::value::RawValue> = match crate::strict_json::parse(&bytes)
+        .ok()
+        .and_then(|_| serde_json::from_slice(&bytes).ok())
+    {
+        Some(items) => items,
+        None => {
+            let problem = Problem::refused(
+                "malformed-json",
+                "a batch is one strict JSON array of envelopes",
+                None,
+            );
+            return Err(refuse_request(&state, &peer, problem).await);
+        }
+    };
+    if items.is_empty() || items.len() > MAX_BATCH_ENVELOPES {
+        let problem = Problem::malformed_request(format!(
+            "a batch holds 1 to {MAX_BATCH_ENVELOPES} envelopes"
+        ));
+        return Err(refuse_request(&state, &peer, problem).await);
+    }
+    let answers = futures_util::future::join_all(
+        items
+            .iter()
+            .map(|item| answer_one(&state, &peer, item.get().as_bytes())),
+    )
+    .await;
+    let mut results = Vec::with_capacity(answers.len());
+    let mut last_receipt = None;
+    for answer in answers {
+        let answer = answer?;
+        let body = serde_json::value::RawValue::from_string(answer.body)
+            .map_err(|e| Problem::internal(&e))?;
+        results.push(BatchResultV1 {
+            status: answer.status,
+            replayed: answer.audit.is_none(),
+            answer: body,
+        });
+        last_receipt = answer.audit.or(last_receipt);
+    }
+    let response = HttpResponse::Ok().json(BatchAnswerV1 { results });
+    Ok(match last_receipt {
+        Some(receipt) => EnvelopeAnswer::Fresh(Audited::new(receipt, response)),
+        None => EnvelopeAnswer::Replay(response),
+    })
+}
+
+/// One envelope's result in a batch: its status and its answer (a receipt or a problem).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchResultV1 {
+    pub status: u16,
+    #[serde(default)]
+    pub replayed: bool,
+    pub answer: Box<serde_json::value::RawValue>,
+}
+
+/// The answer to a batch of envelopes, one result per envelope in order.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchAnswerV1 {
+    pub results: Vec<BatchResultV1>,
+}
+
+/// Records the refusal of a whole request (before any envelope in it was read) and returns it.
+async fn refuse_request(state: &NodeState, peer: &AuthenticatedPeer, problem: Problem) -> Problem {
+    let mut record = audited::record(state, "federation.envelope", Decision::Deny, None);
+    record.peer = Some(peer.member.org.to_string());
+    record.route = Some("/fed/v1/envelopes".into());
+    audited::deny(state, record, problem).await
 }
 
 /// The acknowledgement of a withdrawal, with the counts the changes returned.
@@ -294,23 +423,14 @@ async fn replay_answer(
     sender: &OrgId,
     seen: SeenMessage,
     message_id: &crate::domain::MessageId,
-) -> Result<HttpResponse, Problem> {
-    use actix_web::http::StatusCode;
+) -> Result<String, Problem> {
     if let Some(problem) = seen.problem {
-        let status = StatusCode::from_u16(seen.status).unwrap_or(StatusCode::FORBIDDEN);
-        return Ok(HttpResponse::build(status)
-            .content_type(crate::problem::CONTENT_TYPE)
-            .insert_header((REPLAYED_HEADER, "true"))
-            .body(problem));
+        return Ok(problem);
     }
-    let receipt = match seen.receipt {
-        Some(receipt) => receipt,
-        None => rebuild_receipt(state, sender, message_id, seen.audit_idx).await?,
-    };
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .insert_header((REPLAYED_HEADER, "true"))
-        .body(receipt))
+    match seen.receipt {
+        Some(receipt) => Ok(receipt),
+        None => rebuild_receipt(state, sender, message_id, seen.audit_idx).await,
+    }
 }
 
 /// Rebuilds the receipt of an admitted message whose receipt was never stored (the node stopped
@@ -497,6 +617,91 @@ pub async fn send_envelope(
         });
     }
     serde_json::from_slice(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))
+}
+
+/// The answer to one envelope of a batch sent to a peer.
+#[derive(Debug, Clone)]
+pub enum ItemResult {
+    Receipt(ReceiptV1),
+    /// A problem document and its status (a refusal, or a failure of that one envelope).
+    Problem {
+        status: u16,
+        body: String,
+    },
+}
+
+/// Sends several envelopes in one request to a member's `POST /fed/v1/envelopes` (a JSON
+/// array of their exact bytes); one result per envelope, in order.
+pub async fn send_batch(
+    state: &NodeState,
+    org: &OrgId,
+    envelopes: &[&[u8]],
+) -> Result<Vec<ItemResult>, PeerError> {
+    let manifest = state.manifest.snapshot();
+    if manifest.is_expired(state.clock.now()) {
+        return Err(PeerError::ManifestExpired);
+    }
+    let member = manifest
+        .member(org)
+        .ok_or_else(|| PeerError::UnknownPeer(org.clone()))?;
+    let expected = NodeIdentity {
+        federation: manifest.federation.clone(),
+        org: org.clone(),
+    };
+    let client = state.peers.client_for(state, &expected)?;
+    let mut body = Vec::with_capacity(envelopes.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+    body.push(b'[');
+    for (i, envelope) in envelopes.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(envelope);
+    }
+    body.push(b']');
+    let url = format!("{}/fed/v1/envelopes", member.endpoint.base_url());
+    let response = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
+    if !status.is_success() {
+        return Err(PeerError::Refused {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&bytes).chars().take(2000).collect(),
+        });
+    }
+    let answer: BatchAnswerV1 =
+        serde_json::from_slice(&bytes).map_err(|e| PeerError::BadAnswer(e.to_string()))?;
+    if answer.results.len() != envelopes.len() {
+        return Err(PeerError::BadAnswer(format!(
+            "{} results for {} envelopes",
+            answer.results.len(),
+            envelopes.len()
+        )));
+    }
+    answer
+        .results
+        .into_iter()
+        .map(|result| {
+            if result.status == 200 {
+                serde_json::from_str(result.answer.get())
+                    .map(ItemResult::Receipt)
+                    .map_err(|e| PeerError::BadAnswer(e.to_string()))
+            } else {
+                Ok(ItemResult::Problem {
+                    status: result.status,
+                    body: result.answer.get().to_owned(),
+                })
+            }
+        })
+        .collect()
 }
 
 /// The whole cause chain of an error, so logs show the TLS reason behind "error sending request".

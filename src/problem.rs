@@ -26,16 +26,34 @@ pub struct Problem {
     www_authenticate: bool,
 }
 
-/// The serialised form of a [`Problem`].
-#[derive(Serialize)]
-struct ProblemDoc<'a> {
+/// The serialised form of a [`Problem`]; its schema documents every error response of the
+/// local API (`ProblemDocV1`, content type `application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(
+    as = ProblemDocV1,
+    description = "An RFC 9457 problem document. Clients branch on `reason`, a stable code; the title and detail are for people.",
+    example = json!({
+        "type": "urn:brobygger:problem:forbidden-role",
+        "title": "The token's roles do not allow this operation",
+        "status": 403,
+        "reason": "forbidden-role",
+        "detail": "this operation needs one of the roles: consent-admin"
+    })
+)]
+pub(crate) struct ProblemDoc<'a> {
+    /// `urn:brobygger:problem:` followed by the reason code.
     #[serde(rename = "type")]
     type_uri: String,
+    /// A short human-readable summary of the reason.
     title: &'a str,
+    /// The HTTP status code of the response.
     status: u16,
+    /// The stable machine-readable reason code, e.g. `consent-not-active`.
     reason: &'a str,
+    /// A safe explanation of this occurrence (never an internal error text).
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+    /// For a refusal about one value of a document: its JSON pointer (RFC 6901).
     #[serde(skip_serializing_if = "Option::is_none")]
     pointer: Option<&'a str>,
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// The current envelope schema version.
 pub const ENVELOPE_VERSION: u8 = 1;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurposeRefV1 {
     pub id: String,
@@ -201,7 +201,9 @@ pub struct ReferralResponseV1 {
     pub start_month: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConsentingRoleV1 {
     #[serde(rename = "custody-holder-1")]
@@ -211,7 +213,7 @@ pub enum ConsentingRoleV1 {
     YoungPerson,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConsentPolicyV1 {
     AllCustodyHolders,
@@ -219,7 +221,7 @@ pub enum ConsentPolicyV1 {
     YoungPersonAndCustodyHolders,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EvidenceV1 {
     PaperWitnessed,
@@ -227,7 +229,7 @@ pub enum EvidenceV1 {
     RecordedInPerson,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum WithdrawalV1 {
     ContactRecordingOrg,
@@ -250,7 +252,7 @@ pub struct ConsentGrantedV1 {
     pub binding_code_hash: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConsentEndV1 {
     WithdrawnBySubject,
@@ -267,7 +269,7 @@ pub struct ConsentWithdrawnV1 {
     pub effective_at: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum AckActionKindV1 {
     CancelledQueued,
@@ -275,7 +277,7 @@ pub enum AckActionKindV1 {
     RetainedWithBasis,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RetentionBasisV1 {
     Arkivloven,
@@ -283,7 +285,7 @@ pub enum RetentionBasisV1 {
     ForvaltningslovenNotatpligt,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckActionV1 {
     pub action: AckActionKindV1,
@@ -293,7 +295,7 @@ pub struct AckActionV1 {
 }
 
 /// `ack`: what the receiver of a withdrawal did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckV1 {
     pub in_reply_to: String,
@@ -305,7 +307,7 @@ pub struct AckV1 {
 /// entry that admitted the message, its leaf index, its inclusion proof, and a checkpoint signed
 /// by the receiver whose tree contains it. The sender checks it with the receiver's verifier key
 /// from the manifest (`receipt::verify`). A replay of the same bytes gets the same receipt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiptV1 {
     pub message_id: String,

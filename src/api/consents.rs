@@ -20,7 +20,7 @@ use crate::jwt::Role;
 use crate::manifest::format_time;
 use crate::node::NodeState;
 use crate::policy::{self, Decision, Grant};
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemDoc};
 use crate::storage::{self, NewConsent, NewOutboxMessage, StoredConsent};
 use crate::wire::{
     AckV1, BodyV1, ConsentEndV1, ConsentGrantedV1, ConsentPolicyV1, ConsentWithdrawnV1,
@@ -36,7 +36,7 @@ use std::collections::BTreeSet;
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
 /// `POST /api/v1/consents`: what the consent form says.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordConsentRequestV1 {
     /// The other organisation of this pairwise consent.
@@ -56,7 +56,7 @@ pub struct RecordConsentRequestV1 {
 }
 
 /// The answer to recording: the binding code is shown this once, for the family's copy.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentRecordedV1 {
     pub consent_id: String,
@@ -71,7 +71,7 @@ pub struct ConsentRecordedV1 {
 }
 
 /// One event of a consent, as shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentEventViewV1 {
     pub event: String,
@@ -80,7 +80,7 @@ pub struct ConsentEventViewV1 {
 }
 
 /// `GET /api/v1/consents/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentViewV1 {
     pub consent_id: String,
@@ -93,6 +93,7 @@ pub struct ConsentViewV1 {
     pub valid_from: String,
     pub valid_until: String,
     /// The terms as exchanged (the consent.granted body).
+    #[schema(value_type = Object)]
     pub terms: serde_json::Value,
     pub events: Vec<ConsentEventViewV1>,
     pub bound: bool,
@@ -106,7 +107,7 @@ pub struct ConsentViewV1 {
 }
 
 /// A consent notice this node sent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoticeViewV1 {
     pub message_id: String,
@@ -121,7 +122,7 @@ pub struct NoticeViewV1 {
 }
 
 /// `POST /api/v1/consents/{id}/withdraw`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WithdrawRequestV1 {
     /// `withdrawn-by-subject` (the family withdrew) or `revoked` (someone else ended it).
@@ -129,7 +130,7 @@ pub struct WithdrawRequestV1 {
 }
 
 /// The answer to a withdrawal.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WithdrawnV1 {
     pub consent_id: String,
@@ -143,7 +144,7 @@ pub struct WithdrawnV1 {
 }
 
 /// `POST /api/v1/consents/{id}/bind`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BindRequestV1 {
     /// The code from the family's copy of the consent.
@@ -152,7 +153,8 @@ pub struct BindRequestV1 {
     pub local_subject_key: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The answer to binding.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BoundV1 {
     pub consent_id: String,
@@ -283,6 +285,26 @@ fn outbound_envelope(
 }
 
 /// `POST /api/v1/consents` (consent-admin).
+#[utoipa::path(
+    post,
+    path = "/api/v1/consents",
+    tag = "consents",
+    operation_id = "recordConsent",
+    summary = "Record a consent",
+    description = "Needs the consent-admin role. Runs the consent rule the counterpart runs, records the consent and queues its `consent.granted` notice for the counterpart. The binding code in the answer is shown this once, for the family's copy. The decision is audited before the answer.",
+    request_body(content = RecordConsentRequestV1, description = "What the consent form says."),
+    responses(
+        (status = 201, description = "The consent is recorded and its `consent.granted` notice queued for the counterpart.", body = ConsentRecordedV1),
+        (status = 400, description = "The request is malformed (`malformed-request`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token (`unauthenticated`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the consent-admin role (`forbidden-role`), or the consent does not fit the purpose catalogue (`purpose-unknown`, `purpose-inactive`, ...).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "The counterpart is not a current member of the federation (`unknown-peer`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "The request body is larger than 16 KiB (`body-too-large`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "The local subject key looks like a CPR number (`cpr-detected`), or the validity does not fit the purposes (`consent-validity-invalid`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The node cannot record the decision right now (`unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn record(
     actor: Actor,
     state: web::Data<NodeState>,
@@ -533,6 +555,23 @@ fn view(
 }
 
 /// `GET /api/v1/consents/{id}` (caseworker or consent-admin). The read is audited.
+#[utoipa::path(
+    get,
+    path = "/api/v1/consents/{id}",
+    tag = "consents",
+    operation_id = "getConsent",
+    summary = "Read a consent",
+    description = "Needs the caseworker or consent-admin role. The consent's terms and events, whether it is bound, and the notices this node sent about it with their delivery. The read is audited.",
+    params(("id" = String, Path, description = "The consent id (a UUID).")),
+    responses(
+        (status = 200, description = "The consent, its events and the notices this node sent about it.", body = ConsentViewV1),
+        (status = 400, description = "The id is not a consent id (`malformed-request`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token (`unauthenticated`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the caseworker and consent-admin roles (`forbidden-role`), or this node holds no consent with that id (`consent-unknown`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The node cannot read or audit right now (`unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get(
     actor: Actor,
     state: web::Data<NodeState>,
@@ -566,6 +605,25 @@ pub async fn get(
 
 /// `POST /api/v1/consents/{id}/withdraw` (consent-admin): records the end of the consent, deals
 /// with what was received under it, and tells the other party.
+#[utoipa::path(
+    post,
+    path = "/api/v1/consents/{id}/withdraw",
+    tag = "consents",
+    operation_id = "withdrawConsent",
+    summary = "Withdraw a consent",
+    description = "Needs the consent-admin role. Records the end of the consent, deals with what was received under it (cancels queued messages, deletes or retains received ones) and queues a `consent.withdrawn` notice for the other party, ahead of everything else.",
+    params(("id" = String, Path, description = "The consent id (a UUID).")),
+    request_body(content = WithdrawRequestV1, description = "How the consent ended."),
+    responses(
+        (status = 200, description = "The end of the consent is recorded, what was received under it dealt with, and the other party's notice queued.", body = WithdrawnV1),
+        (status = 400, description = "The request or the id is malformed (`malformed-request`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token (`unauthenticated`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the consent-admin role (`forbidden-role`), the consent is unknown (`consent-unknown`), has ended already (`consent-not-active`), or this node is not a party of it (`party-not-in-consent`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "The request body is larger than 16 KiB (`body-too-large`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The node cannot record the decision right now (`unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn withdraw(
     actor: Actor,
     state: web::Data<NodeState>,
@@ -672,6 +730,28 @@ pub async fn withdraw(
 /// `POST /api/v1/consents/{id}/bind` (consent-admin): links the pairwise reference to this
 /// node's own key for the child with the family's one-time code. Wrong codes are counted and,
 /// after a few in a row, binding is locked for a while.
+#[utoipa::path(
+    post,
+    path = "/api/v1/consents/{id}/bind",
+    tag = "consents",
+    operation_id = "bindConsent",
+    summary = "Bind a consent to the local key for the child",
+    description = "Needs the consent-admin role. Links the consent's pairwise reference to this node's own key for the child with the family's one-time code. Wrong codes are counted and, after a few in a row, binding is locked for a while.",
+    params(("id" = String, Path, description = "The consent id (a UUID).")),
+    request_body(content = BindRequestV1, description = "The family's one-time code and this node's own key for the child."),
+    responses(
+        (status = 200, description = "The consent is bound to the local key.", body = BoundV1),
+        (status = 400, description = "The request or the id is malformed (`malformed-request`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token (`unauthenticated`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the consent-admin role (`forbidden-role`), the consent is unknown (`consent-unknown`), or the code is not right (`binding-code-wrong`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The consent is bound already; a binding code works once (`already-bound`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "The request body is larger than 16 KiB (`body-too-large`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "The local subject key looks like a CPR number (`cpr-detected`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong codes; binding is locked for a while (`binding-locked`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The node cannot record the decision right now (`unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn bind(
     actor: Actor,
     state: web::Data<NodeState>,

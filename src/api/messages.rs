@@ -6,19 +6,24 @@
 //! as its audit entry and answered 202. Every read of child data is audited.
 
 use super::Actor;
+use crate::admission::SubmissionV1;
 use crate::admission::{self, Admission, Outcome};
 use crate::audit::entry::Decision as AuditDecision;
 use crate::audited::{self, Audited};
 use crate::domain::{ConsentId, MessageId};
 use crate::jwt::Role;
 use crate::node::NodeState;
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemDoc};
 use crate::storage::{self, SeenMessage};
 use crate::write_path::AuditReceipt;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, Responder, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
+use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref, Schema};
 
 /// The most messages one request may submit.
 pub const MAX_BATCH: usize = 1_000;
@@ -26,7 +31,7 @@ pub const MAX_BATCH: usize = 1_000;
 const MAX_SUBMISSION_BYTES: usize = 8 * 1024 * 1024;
 
 /// The answer for one submitted message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmittedV1 {
     /// The HTTP status this message alone would have had (202 queued, or the refusal's).
@@ -41,14 +46,52 @@ pub struct SubmittedV1 {
     pub audit_leaf_index: Option<u64>,
     /// The refusal, a problem document with its reason code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ProblemDoc>)]
     pub problem: Option<Value>,
 }
 
 /// The answer to a batch: one result per message, in order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSubmittedV1 {
     pub results: Vec<SubmittedV1>,
+}
+
+/// The body of `POST /api/v1/messages` as documented (`SubmissionBodyV1`): one submission, or a
+/// batch of 1 to [`MAX_BATCH`]. Only the OpenAPI document uses this type; the handler reads the
+/// body itself.
+pub struct SubmissionBody;
+
+impl utoipa::PartialSchema for SubmissionBody {
+    fn schema() -> RefOr<Schema> {
+        let one = || RefOr::Ref(Ref::from_schema_name(<SubmissionV1 as ToSchema>::name()));
+        OneOfBuilder::new()
+            .description(Some(format!(
+                "One message, or an array of 1 to {MAX_BATCH} messages."
+            )))
+            .item(one())
+            .item(
+                ArrayBuilder::new()
+                    .items(one())
+                    .min_items(Some(1))
+                    .max_items(Some(MAX_BATCH)),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for SubmissionBody {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("SubmissionBodyV1")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((
+            <SubmissionV1 as ToSchema>::name().into_owned(),
+            <SubmissionV1 as utoipa::PartialSchema>::schema(),
+        ));
+        <SubmissionV1 as ToSchema>::schemas(schemas);
+    }
 }
 
 /// The answer to a submission: fresh decisions are audited before the answer exists; a
@@ -144,6 +187,28 @@ fn single_response(result: &SubmittedV1) -> HttpResponse {
 }
 
 /// `POST /api/v1/messages` (submitter): one message object, or an array of up to 1,000.
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages",
+    tag = "messages",
+    operation_id = "submitMessages",
+    summary = "Submit messages for delivery",
+    description = "Needs the submitter role. Every message is checked as its receiver would check it, audited, and queued for delivery. One message is answered 202 or with its refusal; a batch is answered 200 with one result per message, in order. A retry with the same client-chosen `message_id` gets the first answer.",
+    request_body(content = SubmissionBody, description = "One message, or an array of 1 to 1,000 messages. The node adds the sender, the child's pairwise reference and the time."),
+    responses(
+        (status = 200, description = "A batch was decided: one result per message, in order, each with its own status.", body = BatchSubmittedV1),
+        (status = 202, description = "The one message was accepted and queued for delivery.", body = SubmittedV1),
+        (status = 400, description = "The body is not one strict JSON document, or not one message or a batch of 1 to 1,000 (`malformed-request`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token (`unauthenticated`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the submitter role (`forbidden-role`), or the one message was refused by the purpose or consent rules (`purpose-unknown`, `consent-not-active`, ...).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The one message reuses a message id with a different body (`message-id-conflict`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "The request body is larger than 8 MiB (`body-too-large`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 421, description = "The one message is not addressed to another member of the federation (`recipient-mismatch`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "The one message does not have the fields of a submission or does not match its schema (`schema-invalid`, `field-not-allowed`), or holds a CPR number (`cpr-detected`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The node cannot record the decision right now (`unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn submit(
     actor: Actor,
     state: web::Data<NodeState>,
@@ -202,7 +267,7 @@ pub async fn submit(
 }
 
 /// `GET /api/v1/messages/{id}`: a submitted message's delivery.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageStatusV1 {
     pub message_id: String,
@@ -219,11 +284,32 @@ pub struct MessageStatusV1 {
     pub receipt: Option<crate::wire::ReceiptV1>,
     /// The receiver's refusal, if it refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<ProblemDoc>)]
     pub problem: Option<Value>,
     pub created_at: String,
     pub updated_at: String,
 }
 
+/// `GET /api/v1/messages/{id}` (submitter or caseworker): a submitted message's delivery. The
+/// read is audited.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{id}",
+    tag = "messages",
+    operation_id = "getMessageStatus",
+    summary = "Follow a submitted message",
+    description = "Needs the submitter or caseworker role. The message's delivery, with the receiver's verified receipt or refusal. The read is audited.",
+    params(("id" = String, Path, description = "The message id (a UUID).")),
+    responses(
+        (status = 200, description = "The message's delivery, with the receiver's receipt or refusal.", body = MessageStatusV1),
+        (status = 400, description = "The id is not a message id (`malformed-request`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token (`unauthenticated`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the submitter and caseworker roles (`forbidden-role`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "This node sent no message with that id (`not-found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The node cannot read or audit right now (`unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn status(
     actor: Actor,
     state: web::Data<NodeState>,
@@ -271,21 +357,25 @@ pub async fn status(
 }
 
 /// `GET /api/v1/inbox` filters and paging.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InboxQuery {
+    /// Only messages under this consent (its id).
     pub consent: Option<String>,
+    /// Only messages of this type, e.g. `activity-summary`.
     #[serde(rename = "type")]
     pub message_type: Option<String>,
     /// Only messages received at or after this instant (RFC 3339).
     pub since: Option<String>,
     /// Only messages after this cursor (the `next` of the previous page).
     pub after: Option<u64>,
+    /// The most items on a page: 1 to 1,000, 100 when absent.
     pub limit: Option<u32>,
 }
 
 /// One received message as a caseworker reads it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InboxItemV1 {
     pub message_id: String,
@@ -297,12 +387,14 @@ pub struct InboxItemV1 {
     pub subject_ref: String,
     pub received_at: String,
     /// The message body as received.
+    #[schema(value_type = Object)]
     pub body: Value,
     /// The cursor of this item.
     pub cursor: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /api/v1/inbox`: one page of received messages, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InboxPageV1 {
     pub items: Vec<InboxItemV1>,
@@ -331,6 +423,23 @@ fn inbox_item(message: storage::InboxMessage) -> InboxItemV1 {
 
 /// `GET /api/v1/inbox` (caseworker): received messages, oldest first, filtered and paged. The
 /// read is audited.
+#[utoipa::path(
+    get,
+    path = "/api/v1/inbox",
+    tag = "messages",
+    operation_id = "readInbox",
+    summary = "Read the inbox",
+    description = "Needs the caseworker role. Received messages, oldest first, filtered and paged. The read is audited.",
+    params(InboxQuery),
+    responses(
+        (status = 200, description = "One page of received messages, oldest first.", body = InboxPageV1),
+        (status = 400, description = "A filter is malformed (`malformed-request`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token (`unauthenticated`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the caseworker role (`forbidden-role`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The node cannot read or audit right now (`unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn inbox(
     actor: Actor,
     state: web::Data<NodeState>,
@@ -388,7 +497,7 @@ pub async fn inbox(
 }
 
 /// One event of a child's timeline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimelineEventV1 {
     pub at: String,
@@ -402,13 +511,17 @@ pub struct TimelineEventV1 {
     pub what: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+    /// The message body, for a message received or sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub body: Option<Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /api/v1/subjects/{key}/timeline`: one child's events in time order.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimelineV1 {
+    /// The local key the timeline was asked for.
     pub subject: String,
     pub events: Vec<TimelineEventV1>,
 }
@@ -416,6 +529,23 @@ pub struct TimelineV1 {
 /// `GET /api/v1/subjects/{key}/timeline` (caseworker): the red thread of one child, by this
 /// node's own key for it. It joins the consents bound to that key, what partners reported under
 /// them, and what this organisation sent, in time order. The read is audited.
+#[utoipa::path(
+    get,
+    path = "/api/v1/subjects/{key}/timeline",
+    tag = "messages",
+    operation_id = "readTimeline",
+    summary = "Read a child's timeline",
+    description = "Needs the caseworker role. The red thread of one child, by this node's own key for it: the consents bound to that key, what partners reported under them, and what this organisation sent, in time order. The read is audited.",
+    params(("key" = String, Path, description = "This node's own key for the child (the `local_subject_key` of a bound consent).")),
+    responses(
+        (status = 200, description = "The child's consents, received and sent messages, in time order.", body = TimelineV1),
+        (status = 401, description = "No valid bearer token (`unauthenticated`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the caseworker role (`forbidden-role`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No consent is bound to that key (`not-found`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The node cannot read or audit right now (`unavailable`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn timeline(
     actor: Actor,
     state: web::Data<NodeState>,

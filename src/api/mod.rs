@@ -3,6 +3,10 @@
 //! Every route that touches data takes an [`Actor`], the verified token, and states the roles it
 //! allows with [`Actor::require`]. Wire input is converted to domain types here, once. This
 //! module never speaks SQL; it calls `storage` and `federation`.
+//!
+//! The handlers and their request and response types carry `utoipa` annotations, from which
+//! [`ApiDoc`] builds the API's OpenAPI document: served at `GET /api/v1/openapi.json` and
+//! committed as `docs/openapi.json` (a test keeps the file current).
 
 pub mod consents;
 pub mod messages;
@@ -14,13 +18,16 @@ use crate::federation::{self, PeerError};
 use crate::jwt::Role;
 use crate::manifest::format_time;
 use crate::node::NodeState;
-use crate::problem::Problem;
+use crate::problem::{Problem, ProblemDoc};
 use actix_web::dev::Payload;
-use actix_web::http::header;
+use actix_web::http::header::{self, ContentType};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use futures_util::future::LocalBoxFuture;
 use serde::Serialize;
+use std::sync::LazyLock;
 use std::time::Instant;
+use utoipa::OpenApi as _;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 /// A local caller whose bearer token verified: pseudonymous subject, roles and unit.
 #[derive(Debug, Clone)]
@@ -128,22 +135,41 @@ fn authenticate(req: &HttpRequest, state: &NodeState) -> Result<Actor, (Problem,
 }
 
 /// `GET /healthz`: the process is up. No authentication, no dependencies.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    operation_id = "healthz",
+    summary = "Liveness",
+    description = "The process is up. No authentication and no dependencies are checked.",
+    responses(
+        (status = 200, description = "The process is up.", body = Object, example = json!({ "status": "ok" })),
+    )
+)]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-#[derive(Debug, Serialize)]
+/// `GET /readyz`: the node's readiness and the checks behind it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ReadinessV1)]
 struct Readiness {
+    /// `ready` or `not-ready`.
     status: &'static str,
+    /// This node's organisation id.
     org: String,
     database: DatabaseCheck,
     manifest: ManifestCheck,
     certificate: CertificateCheck,
+    /// What needs attention soon; warnings do not make the node unready.
     warnings: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// The database check of [`Readiness`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = DatabaseCheckV1)]
 struct DatabaseCheck {
+    /// `sqlite` or `postgres`.
     engine: &'static str,
     ok: bool,
     /// SQLite's `PRAGMA synchronous` (2 = FULL: a commit is on disk before it is answered).
@@ -151,14 +177,18 @@ struct DatabaseCheck {
     sqlite_synchronous: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+/// The federation manifest check of [`Readiness`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = ManifestCheckV1)]
 struct ManifestCheck {
     serial: u64,
     expires_at: String,
     expired: bool,
 }
 
-#[derive(Debug, Serialize)]
+/// The node certificate check of [`Readiness`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = CertificateCheckV1)]
 struct CertificateCheck {
     not_after: String,
     expired: bool,
@@ -166,6 +196,18 @@ struct CertificateCheck {
 
 /// `GET /readyz`: database reachable, manifest valid, certificate valid. 503 when not ready;
 /// warnings (e.g. the manifest expires soon) do not make the node unready.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    operation_id = "readyz",
+    summary = "Readiness",
+    description = "Whether the database is reachable and the federation manifest and the node certificate are valid. Warnings (e.g. the manifest expires soon) do not make the node unready. No authentication.",
+    responses(
+        (status = 200, description = "The node is ready.", body = Readiness),
+        (status = 503, description = "The node is not ready: the database is unreachable, or the manifest or the certificate has expired.", body = Readiness),
+    )
+)]
 async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
     let now = state.clock.now();
     let database_ok = match state.db.ping().await {
@@ -224,6 +266,20 @@ async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
 }
 
 /// `GET /api/v1/whoami`: what the node made of the caller's token (any role).
+#[utoipa::path(
+    get,
+    path = "/api/v1/whoami",
+    tag = "node",
+    operation_id = "whoami",
+    summary = "What the node made of the caller's token",
+    description = "Any role. Shows the verified token's subject, roles and unit.",
+    responses(
+        (status = 200, description = "The node, and the subject, roles and unit of the verified token.", body = Object,
+            example = json!({ "node": "red-barnet", "subject": "caseworker-17", "roles": ["caseworker"], "unit": null })),
+        (status = 401, description = "No valid bearer token (`unauthenticated`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 async fn whoami(actor: Actor, state: web::Data<NodeState>) -> HttpResponse {
     let roles: Vec<String> = actor.roles.iter().map(ToString::to_string).collect();
     HttpResponse::Ok().json(serde_json::json!({
@@ -235,6 +291,26 @@ async fn whoami(actor: Actor, state: web::Data<NodeState>) -> HttpResponse {
 }
 
 /// `POST /api/v1/peers/{org}/ping` (admin): ping a member over mTLS and report what it saw.
+#[utoipa::path(
+    post,
+    path = "/api/v1/peers/{org}/ping",
+    tag = "node",
+    operation_id = "pingPeer",
+    summary = "Ping a federation member",
+    description = "Needs the admin role. Pings the member over mutual TLS and reports what it saw of this node.",
+    params(("org" = String, Path, description = "The member's organisation id.")),
+    responses(
+        (status = 200, description = "The peer answered over mutual TLS.", body = Object,
+            example = json!({ "peer": "koebenhavn", "peer_answered_as": "koebenhavn", "peer_saw_us_as": "red-barnet", "round_trip_ms": 4.2 })),
+        (status = 400, description = "The organisation id is malformed (`malformed-request`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token (`unauthenticated`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the admin role (`forbidden-role`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No current member of the federation has that id (`unknown-peer`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 502, description = "The peer could not be reached or did not prove its identity (`peer-unreachable`).", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "This node's federation manifest has expired (`manifest-expired`).", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 async fn ping_peer(
     actor: Actor,
     state: web::Data<NodeState>,
@@ -261,12 +337,132 @@ async fn ping_peer(
     }
 }
 
+/// `GET /api/v1/openapi.json`: this API's OpenAPI document. No authentication: it describes the
+/// interface and holds no data.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "node",
+    operation_id = "getOpenApiDocument",
+    summary = "This OpenAPI document",
+    description = "No authentication: it describes the interface and holds no data.",
+    responses(
+        (status = 200, description = "The OpenAPI document of this API (the same as `docs/openapi.json`).", body = Object),
+    )
+)]
+async fn openapi_document() -> HttpResponse {
+    static DOCUMENT: LazyLock<String> = LazyLock::new(openapi_json);
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(DOCUMENT.as_str())
+}
+
+/// The OpenAPI document of the local API, generated from the handlers' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Brobygger local API",
+        version = "v1",
+        description = "The local HTTP API of a Brobygger node, for the organisation's own systems: record and withdraw consents, submit messages to federation members and follow their delivery, and read the inbox and a child's timeline. Every route under `/api/v1` except this document needs a bearer token (a JWT from the organisation's issuer), and every error is an RFC 9457 problem document with a stable `reason` code."
+    ),
+    paths(
+        healthz,
+        readyz,
+        whoami,
+        ping_peer,
+        openapi_document,
+        consents::record,
+        consents::get,
+        consents::withdraw,
+        consents::bind,
+        messages::submit,
+        messages::status,
+        messages::inbox,
+        messages::timeline,
+    ),
+    components(schemas(
+        ProblemDoc,
+        Readiness,
+        DatabaseCheck,
+        ManifestCheck,
+        CertificateCheck,
+        consents::RecordConsentRequestV1,
+        consents::ConsentRecordedV1,
+        consents::ConsentEventViewV1,
+        consents::ConsentViewV1,
+        consents::NoticeViewV1,
+        consents::WithdrawRequestV1,
+        consents::WithdrawnV1,
+        consents::BindRequestV1,
+        consents::BoundV1,
+        crate::admission::SubmissionV1,
+        messages::SubmissionBody,
+        messages::SubmittedV1,
+        messages::BatchSubmittedV1,
+        messages::MessageStatusV1,
+        messages::InboxItemV1,
+        messages::InboxPageV1,
+        messages::TimelineEventV1,
+        messages::TimelineV1,
+        crate::wire::PurposeRefV1,
+        crate::wire::ConsentingRoleV1,
+        crate::wire::ConsentPolicyV1,
+        crate::wire::EvidenceV1,
+        crate::wire::WithdrawalV1,
+        crate::wire::ConsentEndV1,
+        crate::wire::AckV1,
+        crate::wire::AckActionV1,
+        crate::wire::AckActionKindV1,
+        crate::wire::RetentionBasisV1,
+        crate::wire::ReceiptV1,
+    )),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "health", description = "Liveness and readiness, without authentication."),
+        (name = "node", description = "The caller's token, federation peers, and this document."),
+        (name = "consents", description = "Record, read, withdraw and bind pairwise consents."),
+        (name = "messages", description = "Submit messages, follow their delivery, read the inbox and a child's timeline."),
+    )
+)]
+pub struct ApiDoc;
+
+/// Adds the `bearer` security scheme the local API's operations name.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A JWT from the organisation's token issuer, with the caller's roles.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document of the local API as pretty-printed JSON (what `docs/openapi.json` holds,
+/// without its trailing newline).
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the OpenAPI document could not be serialised");
+        String::from("{}")
+    })
+}
+
 /// The local listener's routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .service(
             web::scope("/api/v1")
+                .route("/openapi.json", web::get().to(openapi_document))
                 .route("/whoami", web::get().to(whoami))
                 .route("/consents", web::post().to(consents::record))
                 .route("/consents/{id}", web::get().to(consents::get))

@@ -232,12 +232,8 @@ async fn assert_exactly_once(pki: &TestPki, ids: &[String]) {
 #[tokio::test]
 async fn a_receiver_killed_after_its_commit_but_before_its_answer_applies_the_message_once() {
     let pki = pki();
-    let kommune = NodeProcess::spawn(
-        &pki,
-        KOMMUNE,
-        &[("FAILPOINTS", "receiver-after-commit")],
-    )
-    .await;
+    let kommune =
+        NodeProcess::spawn(&pki, KOMMUNE, &[("FAILPOINTS", "receiver-after-commit")]).await;
     let club = NodeProcess::spawn(&pki, NGO, &[]).await;
     publish_endpoints(&pki, &[&kommune, &club]);
     let consent = consent(&pki, &kommune).await;
@@ -269,8 +265,7 @@ async fn a_receiver_killed_after_its_commit_but_before_its_answer_applies_the_me
 async fn a_sender_killed_after_sending_but_before_recording_it_delivers_once() {
     let pki = pki();
     let kommune = NodeProcess::spawn(&pki, KOMMUNE, &[]).await;
-    let club =
-        NodeProcess::spawn(&pki, NGO, &[("FAILPOINTS", "sender-after-send")]).await;
+    let club = NodeProcess::spawn(&pki, NGO, &[("FAILPOINTS", "sender-after-send")]).await;
     publish_endpoints(&pki, &[&kommune, &club]);
     let consent = consent(&pki, &kommune).await;
     let id = new_message_id();

@@ -361,6 +361,35 @@ async fn exchange_happy_path(engine: Engine) {
     assert_refused_once(&fed, KOMMUNE, &was, &answer, 409, "message-id-conflict").await;
     assert_eq!(answer.1["pointer"], "/message_id");
 
+    // A batch: a new summary, a refused one, and a replay of the first; one result each.
+    let was = before(&fed, KOMMUNE).await;
+    let fresh = summary(&consent);
+    let mut cpr = summary(&consent);
+    cpr["body"]["month"] = json!("0101901234");
+    let (fresh_bytes, cpr_bytes) = (
+        serde_json::to_vec(&fresh).unwrap(),
+        serde_json::to_vec(&cpr).unwrap(),
+    );
+    let first_bytes = serde_json::to_vec(&doc).unwrap();
+    let results = federation::send_batch(
+        &fed.node(NGO).state,
+        &KOMMUNE.parse().unwrap(),
+        &[&fresh_bytes, &cpr_bytes, &first_bytes],
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&results[0], federation::ItemResult::Receipt(r) if r.message_id == fresh["message_id"])
+    );
+    assert!(
+        matches!(&results[1], federation::ItemResult::Problem { status: 422, body } if body.contains("cpr-detected"))
+    );
+    assert!(
+        matches!(&results[2], federation::ItemResult::Receipt(r) if serde_json::to_value(r).unwrap() == receipt)
+    );
+    assert_eq!(inbox_len(&fed, KOMMUNE).await, was.inbox + 1);
+    assert_eq!(entries(&fed, KOMMUNE).await.len(), was.audit + 2);
+
     // The other direction under the same consent: a referral to the club.
     let (status, receipt) = send(&fed, KOMMUNE, NGO, &referral(&consent)).await;
     assert_eq!(status, 200, "{receipt}");

@@ -192,3 +192,29 @@ async fn health_needs_no_token_and_readiness_reports_its_checks() {
     );
     fed.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_served_without_a_token() {
+    let fed = TestFederation::start(&[(ORG, OrgKind::Ngo)], Engine::Sqlite).await;
+    let response = fed
+        .local_client()
+        .get(fed.local_url(ORG, "/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["openapi"].as_str().unwrap().starts_with("3."));
+    for path in ["/api/v1/messages", "/api/v1/consents/{id}/bind"] {
+        assert!(
+            body["paths"].get(path).is_some(),
+            "the document lacks {path}"
+        );
+    }
+    assert_eq!(
+        body,
+        serde_json::from_str::<Value>(&brobygger::api::openapi_json()).unwrap()
+    );
+    fed.stop().await;
+}

@@ -130,3 +130,21 @@ fn every_reason_code_is_in_the_documentation_table_with_its_own_title() {
         );
     }
 }
+
+/// `docs/openapi.json` is the document the code generates (`brobygger::api::openapi_json`). With
+/// `BROBYGGER_UPDATE_OPENAPI=1` the test rewrites the file instead of failing.
+#[test]
+fn the_committed_openapi_document_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let generated = format!("{}\n", brobygger::api::openapi_json());
+    if std::env::var("BROBYGGER_UPDATE_OPENAPI").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/openapi.json is not the document the code generates: run \
+         `BROBYGGER_UPDATE_OPENAPI=1 cargo test --test it tidy` and commit the file"
+    );
+}
