@@ -112,21 +112,24 @@ fn rule() -> impl Strategy<Value = PurposeRule> {
             prop::collection::btree_set(prop::sample::select(FIELDS.to_vec()), 0..=5),
             0..=3,
         ),
+        prop::sample::select(vec![30u32, 365, 730]),
     )
-        .prop_map(|(id, version, active, flow, allowed)| PurposeRule {
-            purpose: purpose(id, version),
-            status: if active {
-                PurposeStatus::Active
-            } else {
-                PurposeStatus::Inactive
+        .prop_map(
+            |(id, version, active, flow, allowed, max_days)| PurposeRule {
+                purpose: purpose(id, version),
+                status: if active {
+                    PurposeStatus::Active
+                } else {
+                    PurposeStatus::Inactive
+                },
+                flow,
+                allowed_fields: allowed
+                    .into_iter()
+                    .map(|(t, fields)| (t, fields.into_iter().map(String::from).collect()))
+                    .collect(),
+                max_consent_validity_days: max_days,
             },
-            flow,
-            allowed_fields: allowed
-                .into_iter()
-                .map(|(t, fields)| (t, fields.into_iter().map(String::from).collect()))
-                .collect(),
-            max_consent_validity_days: 365,
-        })
+        )
 }
 
 fn consent() -> impl Strategy<Value = ConsentFacts> {
@@ -484,4 +487,173 @@ fn the_generated_worlds_cover_every_outcome() {
         );
     }
     println!("outcomes over 20,000 generated worlds: {seen:?}");
+}
+
+// ----- The consent notices: `decide_grant` and `decide_withdrawal` against their own oracle. -----
+
+/// A generated `consent.granted` and what the receiving node holds.
+#[derive(Debug, Clone)]
+struct GrantWorld {
+    rules: Vec<PurposeRule>,
+    sender: usize,
+    recipient: usize,
+    purpose: PurposeRef,
+    purposes: BTreeSet<PurposeRef>,
+    valid_from: OffsetDateTime,
+    valid_until: OffsetDateTime,
+    existing: Option<ConsentFacts>,
+}
+
+fn grant_world() -> impl Strategy<Value = GrantWorld> {
+    (
+        prop::collection::vec(rule(), 0..=3),
+        0..ORGS.len(),
+        0..ORGS.len(),
+        (0..2usize, 1..3u32),
+        prop::collection::btree_set((0..2usize, 1..3u32), 0..=3),
+        offset(),
+        prop_oneof![
+            3 => (1i64..400).prop_map(time::Duration::days),
+            1 => (-2i64..=2).prop_map(time::Duration::seconds),
+            1 => (360i64..370).prop_map(time::Duration::days),
+        ],
+        prop::option::weighted(0.2, consent()),
+    )
+        .prop_map(
+            |(rules, sender, recipient, (id, version), purposes, from, length, existing)| {
+                let valid_from = now() + from;
+                GrantWorld {
+                    rules,
+                    sender,
+                    recipient,
+                    purpose: purpose(id, version),
+                    purposes: purposes
+                        .into_iter()
+                        .map(|(id, version)| purpose(id, version))
+                        .collect(),
+                    valid_from,
+                    valid_until: valid_from + length,
+                    existing,
+                }
+            },
+        )
+}
+
+/// DESIGN §5, read plainly: a grant must come from the recording party (a second grant under
+/// a held id is a conflict), between an NGO and a public authority, name only known and active
+/// purposes including the envelope's, and have a validity that is neither empty, nor longer
+/// than any of its purposes allows, nor over.
+fn grant_oracle(w: &GrantWorld) -> Option<DenyReason> {
+    let sender = org(w.sender);
+    if let Some(held) = &w.existing {
+        return Some(if held.recording_org == sender {
+            DenyReason::ConsentExists
+        } else {
+            DenyReason::PartyNotInConsent
+        });
+    }
+    let ngo = |i: usize| ORGS[i].1 == OrgKind::Ngo;
+    if ngo(w.sender) == ngo(w.recipient) {
+        return Some(DenyReason::DirectionNotAllowed);
+    }
+    let catalogue = Catalogue::new(w.rules.clone());
+    let mut shortest = i64::MAX;
+    for p in &w.purposes {
+        match catalogue.rule(p) {
+            None => return Some(DenyReason::PurposeUnknown),
+            Some(rule) if rule.status != PurposeStatus::Active => {
+                return Some(DenyReason::PurposeInactive);
+            }
+            Some(rule) => shortest = shortest.min(i64::from(rule.max_consent_validity_days)),
+        }
+    }
+    if !w.purposes.contains(&w.purpose) {
+        return Some(DenyReason::PurposeNotInConsent);
+    }
+    let length = w.valid_until - w.valid_from;
+    if length <= time::Duration::ZERO || length > time::Duration::days(shortest) {
+        return Some(DenyReason::ConsentValidityInvalid);
+    }
+    if now() >= w.valid_until {
+        return Some(DenyReason::ConsentExpired);
+    }
+    None
+}
+
+fn run_grant(w: &GrantWorld) -> Decision {
+    let id: ConsentId = CONSENT_IDS[0].parse().unwrap();
+    let (sender, recipient) = (org(w.sender), org(w.recipient));
+    brobygger::policy::decide_grant(
+        &brobygger::policy::Grant {
+            consent: &id,
+            sender: &sender,
+            sender_kind: ORGS[w.sender].1,
+            recipient: &recipient,
+            recipient_kind: ORGS[w.recipient].1,
+            purpose: &w.purpose,
+            purposes: &w.purposes,
+            valid_from: w.valid_from,
+            valid_until: w.valid_until,
+        },
+        &Catalogue::new(w.rules.clone()),
+        w.existing.as_ref(),
+        now(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8192, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_grant_decision_agrees_with_its_oracle(w in grant_world()) {
+        prop_assert_eq!(run_grant(&w).reason(), grant_oracle(&w));
+    }
+
+    /// A withdrawal is admitted unless a held consent names neither the sender as a party nor
+    /// the envelope's child.
+    #[test]
+    fn the_withdrawal_decision_agrees_with_its_oracle(
+        sender in 0..ORGS.len(),
+        child in 0..SUBJECTS.len(),
+        held in prop::option::of(consent()),
+    ) {
+        let expected = match &held {
+            None => None,
+            Some(c) if c.recording_org != org(sender) && c.counterpart != org(sender) => {
+                Some(DenyReason::PartyNotInConsent)
+            }
+            Some(c) if c.subject != subject(child) => Some(DenyReason::SubjectNotInConsent),
+            Some(_) => None,
+        };
+        let decision =
+            brobygger::policy::decide_withdrawal(&org(sender), &subject(child), held.as_ref());
+        prop_assert_eq!(decision.reason(), expected);
+    }
+}
+
+/// The grant generator reaches every outcome of the grant decision.
+#[test]
+fn the_generated_grants_cover_every_outcome() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let strategy = grant_world();
+    let mut seen = BTreeSet::new();
+    for _ in 0..20_000 {
+        let w = strategy.new_tree(&mut runner).unwrap().current();
+        seen.insert(run_grant(&w).reason());
+    }
+    for reason in [
+        None,
+        Some(DenyReason::ConsentExists),
+        Some(DenyReason::PartyNotInConsent),
+        Some(DenyReason::DirectionNotAllowed),
+        Some(DenyReason::PurposeUnknown),
+        Some(DenyReason::PurposeInactive),
+        Some(DenyReason::PurposeNotInConsent),
+        Some(DenyReason::ConsentValidityInvalid),
+        Some(DenyReason::ConsentExpired),
+    ] {
+        assert!(seen.contains(&reason), "never generated: {reason:?}");
+    }
 }
