@@ -361,6 +361,7 @@ pub async fn admit_inbound(
                     local_subject_key: None,
                     binding_code_hash: grant.binding_code_hash.clone(),
                     created_at: now,
+                    recorded_unit: None,
                 },
             );
             Ok(admitted(

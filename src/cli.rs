@@ -58,6 +58,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// A guided tour: a fresh three-node development federation on loopback (Herning Kommune,
+    /// Fredericia Kommune, Red Barnet) and the story of one family told through the nodes' real
+    /// local APIs. The nodes keep running for exploring until Ctrl-C.
+    Demo {
+        /// Directory for the federation's keys, configs and databases (created if missing; must
+        /// not hold an earlier federation). Default: a new directory under the system's
+        /// temporary directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Stop the nodes and exit after the story instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit: bool,
+    },
     /// Mint a development bearer token for the node's local API (needs
     /// local_api.dev_token_key in the config; never available in production).
     Token {
@@ -182,7 +195,11 @@ fn parse_ttl(value: &str) -> Result<i64, String> {
 /// Parses arguments, runs the command and returns the process exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The demo narrates on stdout; the nodes' routine logs would drown it.
+    init_logging(match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info,sqlx=warn",
+    });
     ExitCode::from(match cli.command {
         Command::Pki(PkiCommand::Init {
             dir,
@@ -204,13 +221,17 @@ pub fn run() -> ExitCode {
             unit,
             ttl,
         } => token(&config, &roles, &sub, unit.as_deref(), ttl),
+        Command::Demo { dir, exit } => {
+            with_runtime(crate::demo::run(crate::demo::Options { dir, exit }))
+        }
     })
 }
 
-fn init_logging() {
+/// Logs to stderr, filtered by `RUST_LOG` or else by `default` (sqlx reports PostgreSQL
+/// notices such as "already exists, skipping" at info level, hence `sqlx=warn`).
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // sqlx reports PostgreSQL notices (e.g. "already exists, skipping") at info level.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -448,36 +469,129 @@ fn print_verified(verified: &crate::audit::verify::Verified, against: bool) {
     }
 }
 
-/// Opens what `audit verify` and `audit export` need: the config, the node's key, and the
-/// database read-only (nothing is created or migrated).
+/// Opens what `audit verify` and `audit export` need: the node's key, and the database
+/// read-only (nothing is created or migrated). An error is a usage or configuration problem.
 async fn open_audited_node(
-    config: &std::path::Path,
-) -> Result<
-    (
-        Config,
-        crate::signed_note::NoteSigner,
-        crate::storage::Database,
-    ),
-    u8,
-> {
-    let config = Config::load(config).map_err(|e| fail(EXIT_USAGE, e))?;
-    let signer = node::load_signing_key(&config).map_err(|e| fail(EXIT_USAGE, e))?;
+    config: &Config,
+) -> Result<(crate::signed_note::NoteSigner, crate::storage::Database), String> {
+    let signer = node::load_signing_key(config).map_err(|e| e.to_string())?;
     let db = crate::storage::Database::open_read_only(&config.database)
         .await
-        .map_err(|e| {
-            fail(
-                EXIT_USAGE,
-                format!("{}: database.url: {e}", config.source.display()),
-            )
-        })?;
-    Ok((config, signer, db))
+        .map_err(|e| format!("{}: database.url: {e}", config.source.display()))?;
+    Ok((signer, db))
 }
 
 /// Reads the log in one snapshot and closes the database.
-async fn snapshot(db: crate::storage::Database) -> Result<crate::storage::AuditSnapshot, u8> {
+async fn snapshot(db: crate::storage::Database) -> Result<crate::storage::AuditSnapshot, String> {
     let result = crate::storage::audit_snapshot(&db).await;
     db.close().await;
-    result.map_err(|e| fail(EXIT_USAGE, format!("database: {e}")))
+    result.map_err(|e| format!("database: {e}"))
+}
+
+/// Why [`verify_audit_log`] did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditVerifyError {
+    /// The node's key or database could not be opened or read (exit code 2).
+    Usage(String),
+    /// The log failed a check (exit code 1); the message names the first bad index if any.
+    Failed(String),
+}
+
+impl AuditVerifyError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AuditVerifyError::Usage(_) => EXIT_USAGE,
+            AuditVerifyError::Failed(_) => EXIT_CHECK_FAILED,
+        }
+    }
+}
+
+impl std::fmt::Display for AuditVerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuditVerifyError::Usage(message) => f.write_str(message),
+            AuditVerifyError::Failed(problem) => write!(f, "audit verification failed: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for AuditVerifyError {}
+
+/// The core of `audit verify`: reads the node's log from its database, opened read-only, in one
+/// snapshot, and checks every entry, the tree and every signed checkpoint, plus a consistency
+/// proof from `against` (a signed checkpoint kept outside the node) or, without it, from the
+/// checkpoint the node last published. Safe while the node runs. The demo uses it too.
+pub async fn verify_audit_log(
+    config: &Config,
+    against: Option<&str>,
+) -> Result<crate::audit::verify::Verified, AuditVerifyError> {
+    let (signer, db) = open_audited_node(config)
+        .await
+        .map_err(AuditVerifyError::Usage)?;
+    // The state file first: what this node published can only grow, so reading it before the
+    // database never makes an honest live log look short.
+    let published_path = crate::write_path::published_state_path(&config.audit.signing_key);
+    let published = match crate::write_path::read_published(&published_path, &signer) {
+        Ok(published) => published,
+        Err(e) => {
+            db.close().await;
+            return Err(AuditVerifyError::Failed(e.to_string()));
+        }
+    };
+    let snapshot = snapshot(db).await.map_err(AuditVerifyError::Usage)?;
+    let bytes: Vec<&[u8]> = snapshot
+        .entries
+        .iter()
+        .map(|e| e.entry.as_slice())
+        .collect();
+    let mut leaf_hashes = Vec::with_capacity(snapshot.entries.len());
+    for (position, entry) in snapshot.entries.iter().enumerate() {
+        let hash = <[u8; 32]>::try_from(entry.leaf_hash.as_slice()).map_err(|_| {
+            AuditVerifyError::Failed(format!(
+                "entry {position}: the stored leaf hash is not 32 bytes"
+            ))
+        })?;
+        leaf_hashes.push(hash);
+    }
+    let notes: Vec<&str> = snapshot.checkpoints.iter().map(String::as_str).collect();
+    let stored = bytes.len() as u64;
+    // Without --against, the published checkpoint is the one to extend: it left the node.
+    // (When the log is shorter than it, the per-entry checks run first, so that an edit is
+    // named where it is; the shortness is reported after them.)
+    let implicit = match (against, &published) {
+        (None, Some(p)) if p.head.size <= stored => std::fs::read_to_string(&published_path).ok(),
+        _ => None,
+    };
+    let verified = crate::audit::verify::verify_log(
+        &bytes,
+        Some(&leaf_hashes),
+        &notes,
+        signer.verifier_key(),
+        against.or(implicit.as_deref()),
+    )
+    .map_err(|failure| AuditVerifyError::Failed(failure.to_string()))?;
+    if let Some(published) = &published
+        && published.head.size > verified.size
+    {
+        return Err(AuditVerifyError::Failed(format!(
+            "entry {}: the log ends there, but this node published a checkpoint of size {} ({})",
+            verified.size,
+            published.head.size,
+            published_path.display()
+        )));
+    }
+    // The stored tree state must be the tree of the entries, or the next commit would sign
+    // over something else.
+    if let Some((tree, _)) = &snapshot.tree
+        && (tree.frontier.size() != verified.size || tree.root != verified.root)
+    {
+        return Err(AuditVerifyError::Failed(format!(
+            "the stored tree state (size {}) does not match the {} entries",
+            tree.frontier.size(),
+            verified.size
+        )));
+    }
+    Ok(verified)
 }
 
 async fn audit_verify(config: PathBuf, against: Option<PathBuf>) -> u8 {
@@ -485,95 +599,31 @@ async fn audit_verify(config: PathBuf, against: Option<PathBuf>) -> u8 {
         Ok(against) => against,
         Err(code) => return code,
     };
-    let (config, signer, db) = match open_audited_node(&config).await {
-        Ok(opened) => opened,
-        Err(code) => return code,
+    let config = match Config::load(&config) {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_USAGE, e),
     };
-    // The state file first: what this node published can only grow, so reading it before the
-    // database never makes an honest live log look short.
-    let published_path = crate::write_path::published_state_path(&config.audit.signing_key);
-    let published = match crate::write_path::read_published(&published_path, &signer) {
-        Ok(published) => published,
-        Err(e) => return fail(EXIT_CHECK_FAILED, format!("audit verification failed: {e}")),
-    };
-    let snapshot = match snapshot(db).await {
-        Ok(snapshot) => snapshot,
-        Err(code) => return code,
-    };
-    let checked = (|| -> Result<crate::audit::verify::Verified, String> {
-        let bytes: Vec<&[u8]> = snapshot
-            .entries
-            .iter()
-            .map(|e| e.entry.as_slice())
-            .collect();
-        let mut leaf_hashes = Vec::with_capacity(snapshot.entries.len());
-        for (position, entry) in snapshot.entries.iter().enumerate() {
-            let hash = <[u8; 32]>::try_from(entry.leaf_hash.as_slice())
-                .map_err(|_| format!("entry {position}: the stored leaf hash is not 32 bytes"))?;
-            leaf_hashes.push(hash);
-        }
-        let notes: Vec<&str> = snapshot.checkpoints.iter().map(String::as_str).collect();
-        let stored = bytes.len() as u64;
-        // Without --against, the published checkpoint is the one to extend: it left the node.
-        // (When the log is shorter than it, the per-entry checks run first, so that an edit is
-        // named where it is; the shortness is reported after them.)
-        let implicit = match (&against, &published) {
-            (None, Some(p)) if p.head.size <= stored => {
-                std::fs::read_to_string(&published_path).ok()
-            }
-            _ => None,
-        };
-        let verified = crate::audit::verify::verify_log(
-            &bytes,
-            Some(&leaf_hashes),
-            &notes,
-            signer.verifier_key(),
-            against.as_deref().or(implicit.as_deref()),
-        )
-        .map_err(|failure| failure.to_string())?;
-        if let Some(published) = &published
-            && published.head.size > verified.size
-        {
-            return Err(format!(
-                "entry {}: the log ends there, but this node published a checkpoint of size {} ({})",
-                verified.size,
-                published.head.size,
-                published_path.display()
-            ));
-        }
-        // The stored tree state must be the tree of the entries, or the next commit would sign
-        // over something else.
-        if let Some((tree, _)) = &snapshot.tree
-            && (tree.frontier.size() != verified.size || tree.root != verified.root)
-        {
-            return Err(format!(
-                "the stored tree state (size {}) does not match the {} entries",
-                tree.frontier.size(),
-                verified.size
-            ));
-        }
-        Ok(verified)
-    })();
-    match checked {
+    match verify_audit_log(&config, against.as_deref()).await {
         Ok(verified) => {
             print_verified(&verified, against.is_some());
             EXIT_OK
         }
-        Err(problem) => fail(
-            EXIT_CHECK_FAILED,
-            format!("audit verification failed: {problem}"),
-        ),
+        Err(e) => fail(e.exit_code(), e),
     }
 }
 
 async fn audit_export(config: PathBuf, out: PathBuf) -> u8 {
-    let (_config, _signer, db) = match open_audited_node(&config).await {
+    let config = match Config::load(&config) {
+        Ok(config) => config,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let (_signer, db) = match open_audited_node(&config).await {
         Ok(opened) => opened,
-        Err(code) => return code,
+        Err(e) => return fail(EXIT_USAGE, e),
     };
     let snapshot = match snapshot(db).await {
         Ok(snapshot) => snapshot,
-        Err(code) => return code,
+        Err(e) => return fail(EXIT_USAGE, e),
     };
     let Some((_, checkpoint)) = &snapshot.tree else {
         return fail(EXIT_USAGE, "the audit log is empty: nothing to export");

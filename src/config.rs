@@ -88,6 +88,9 @@ struct RawLocalApi {
     dev_token_key: Option<PathBuf>,
     #[serde(default)]
     dev_token_kid: Option<String>,
+    /// `unit` (default) or `organisation`.
+    #[serde(default)]
+    caseworker_scope: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,6 +172,18 @@ pub struct LocalApiConfig {
     /// The development token issuer's private key, used only by `brobygger token`.
     pub dev_token_key: Option<PathBuf>,
     pub dev_token_kid: String,
+    /// What a caseworker may read of children's data: what their unit recorded or bound (the
+    /// default), or everything of the organisation.
+    pub caseworker_scope: CaseworkerScope,
+}
+
+/// The reach of a caseworker's reads (inbox, timeline, consents, transparency reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaseworkerScope {
+    /// Only consents recorded or bound by the caseworker's own unit (the token's `unit`).
+    Unit,
+    /// Every consent of the organisation (an admin's choice, for small organisations).
+    Organisation,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -443,6 +458,17 @@ fn resolve(path: &Path, base: &Path, raw: RawConfig) -> Result<Config, ConfigErr
         ));
     }
 
+    let caseworker_scope = match raw.local_api.caseworker_scope.as_deref() {
+        None | Some("unit") => CaseworkerScope::Unit,
+        Some("organisation") => CaseworkerScope::Organisation,
+        Some(other) => {
+            return Err(err(
+                "local_api.caseworker_scope",
+                format!("`{other}` is not one of: unit, organisation"),
+            ));
+        }
+    };
+
     Ok(Config {
         source: path.to_path_buf(),
         org,
@@ -469,6 +495,7 @@ fn resolve(path: &Path, base: &Path, raw: RawConfig) -> Result<Config, ConfigErr
                 .local_api
                 .dev_token_kid
                 .unwrap_or_else(|| "dev-1".into()),
+            caseworker_scope,
         },
         database: DatabaseConfig {
             url: database_url,

@@ -165,6 +165,26 @@ pub fn start_of_day_in_denmark(date: Date) -> Option<OffsetDateTime> {
     Some(date.with_time(Time::MIDNIGHT).assume_offset(offset))
 }
 
+/// Danish local time's offset at an instant: +02:00 (CEST) from 01:00 UTC on the last Sunday of
+/// March to 01:00 UTC on the last Sunday of October, otherwise +01:00 (CET).
+pub fn danish_offset(at: OffsetDateTime) -> UtcOffset {
+    let utc = at.to_offset(UtcOffset::UTC);
+    let switch = |month| {
+        last_sunday(utc.year(), month)
+            .map(|day| day.with_time(Time::MIDNIGHT).assume_utc() + time::Duration::hours(1))
+    };
+    let summer = matches!(
+        (switch(Month::March), switch(Month::October)),
+        (Some(start), Some(end)) if utc >= start && utc < end
+    );
+    UtcOffset::from_hms(if summer { 2 } else { 1 }, 0, 0).unwrap_or(UtcOffset::UTC)
+}
+
+/// An instant in Danish local time.
+pub fn in_denmark(at: OffsetDateTime) -> OffsetDateTime {
+    at.to_offset(danish_offset(at))
+}
+
 /// A consent form's validity (first day, last day, both inclusive, Danish dates) as instants:
 /// from 00:00 on the first day (inclusive) to 00:00 on the day after the last (exclusive), so
 /// the whole last day counts. `None` if a date is out of range.
@@ -392,6 +412,17 @@ mod tests {
         assert_eq!(offset(date!(2026 - 10 - 25)), 2);
         assert_eq!(offset(date!(2026 - 10 - 26)), 1);
         assert_eq!(offset(date!(2026 - 12 - 31)), 1);
+    }
+
+    #[test]
+    fn instants_convert_to_danish_time_around_the_switches() {
+        // 2026: CEST from 29 March 01:00 UTC to 25 October 01:00 UTC.
+        let hour = |t| in_denmark(t).hour();
+        assert_eq!(hour(datetime!(2026-03-29 00:59 UTC)), 1);
+        assert_eq!(hour(datetime!(2026-03-29 01:00 UTC)), 3);
+        assert_eq!(hour(datetime!(2026-10-25 00:59 UTC)), 2);
+        assert_eq!(hour(datetime!(2026-10-25 01:00 UTC)), 2);
+        assert_eq!(hour(datetime!(2026-11-22 10:00 UTC)), 11);
     }
 
     #[test]

@@ -213,6 +213,8 @@ async fn settle(state: &NodeState, peer: &OrgId, message: &ClaimedMessage, attem
                 (Some(Ok(_)), Ok(json)) => {
                     state.breakers.success(peer, stats);
                     DeliveryStats::add(&stats.delivered);
+                    // The receipt's checkpoint left the peer: keep it to hold its log to it.
+                    crate::peer_logs::observe_receipt(state, peer, &receipt.checkpoint).await;
                     storage::mark_delivered(&state.db, &message.message_id, &json, now).await
                 }
                 (verified, _) => {

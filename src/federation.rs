@@ -165,6 +165,111 @@ async fn ping(
     ))
 }
 
+/// The answer to `GET /fed/v1/checkpoint`: this node's latest signed checkpoint and, when asked,
+/// a consistency proof that lets the caller check this log extends a checkpoint it kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointAnswerV1 {
+    /// The latest signed checkpoint (C2SP `tlog-checkpoint` as a signed note); it covers the
+    /// audit entry of this very request.
+    pub checkpoint: String,
+    /// The checkpoint's tree size and root (lowercase hex), for reading; the caller trusts only
+    /// the signed note.
+    pub size: u64,
+    pub root: String,
+    /// With `since`: the proof from that size to `new_size` (the checkpoint's size unless the
+    /// caller asked for another with `size`). Absent when `since` is beyond this log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<ConsistencyProofV1>,
+}
+
+/// An RFC 9162 consistency proof between two sizes of one log, hashes as lowercase hex.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyProofV1 {
+    pub old_size: u64,
+    pub new_size: u64,
+    pub proof: Vec<String>,
+}
+
+/// `GET /fed/v1/checkpoint` query: `since` (a size the caller verified before) and, with it,
+/// `size` (prove up to this size instead of the latest).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointQuery {
+    since: Option<u64>,
+    size: Option<u64>,
+}
+
+/// `GET /fed/v1/checkpoint[?since=A[&size=B]]`: the latest checkpoint, and a consistency proof
+/// from size A to size B (default: the checkpoint's size). The read is audited before the
+/// answer, and the checkpoint answered is the one that covers its entry. A `since` beyond this
+/// log gets the checkpoint without a proof: the caller then holds a signed checkpoint smaller
+/// than one it kept. `size` beyond the log, or below `since`, is a malformed request.
+async fn checkpoint(
+    peer: AuthenticatedPeer,
+    state: web::Data<NodeState>,
+    req: HttpRequest,
+) -> Result<Audited<HttpResponse>, Problem> {
+    let mut record = audited::record(&state, "federation.checkpoint", Decision::Permit, None);
+    record.peer = Some(peer.member.org.to_string());
+    let query = match web::Query::<CheckpointQuery>::from_query(req.query_string()) {
+        Ok(query) => query.into_inner(),
+        Err(e) => {
+            let problem = Problem::malformed_request(format!("invalid query: {e}"));
+            return Err(audited::deny(&state, record, problem).await);
+        }
+    };
+    if let Some(size) = query.size {
+        let stored = crate::storage::audit_tree(&state.db)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?
+            .frontier
+            .size();
+        let refusal = match query.since {
+            None => Some("`size` needs `since`".to_owned()),
+            Some(since) if since > size || size > stored => Some(format!(
+                "no consistency proof from {since} to {size} in a log of {stored} entries"
+            )),
+            Some(_) => None,
+        };
+        if let Some(detail) = refusal {
+            return Err(audited::deny(&state, record, Problem::malformed_request(detail)).await);
+        }
+    }
+    let receipt = audited::permit(&state, record).await?;
+    let head = receipt.checkpoint.head;
+    let target = query.size.unwrap_or(head.size);
+    let consistency = match query.since {
+        Some(since) if since <= target => {
+            let proof = crate::log_reader::consistency_proof(&state.db, since, target)
+                .await
+                .map_err(|e| read_problem(&e))?;
+            Some(ConsistencyProofV1 {
+                old_size: since,
+                new_size: target,
+                proof: proof.iter().map(hex::encode).collect(),
+            })
+        }
+        _ => None,
+    };
+    let answer = CheckpointAnswerV1 {
+        checkpoint: receipt.checkpoint.note.clone(),
+        size: head.size,
+        root: hex::encode(head.root),
+        consistency,
+    };
+    Ok(Audited::new(receipt, HttpResponse::Ok().json(answer)))
+}
+
+/// A failed read of this node's own log: the database is unavailable, or the log is broken.
+fn read_problem(error: &crate::log_reader::ReadError) -> Problem {
+    match error {
+        crate::log_reader::ReadError::Storage(e) => Problem::unavailable(e),
+        other => Problem::internal(other),
+    }
+}
+
 /// Reads a request body up to `limit` bytes; `None` if it is longer (the rest is not read).
 pub(crate) async fn read_limited(
     mut payload: web::Payload,
@@ -480,6 +585,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/fed/v1")
             .route("/ping", web::get().to(ping))
+            .route("/checkpoint", web::get().to(checkpoint))
             .route("/envelopes", web::post().to(receive_envelope)),
     )
     .default_service(web::to(|| async { Problem::not_found().respond() }));
@@ -558,6 +664,55 @@ pub async fn ping_peer(state: &NodeState, org: &OrgId) -> Result<PingResponseV1,
     };
     let client = state.peers.client_for(state, &expected)?;
     let url = format!("{}/fed/v1/ping", member.endpoint.base_url());
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
+    if !status.is_success() {
+        return Err(PeerError::Refused {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).chars().take(500).collect(),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))
+}
+
+/// Calls a member's `GET /fed/v1/checkpoint` over mTLS (checking the server is that member),
+/// with `since` and `size` as given. The answer is parsed, not trusted: the caller opens the
+/// checkpoint with the member's audit key and checks the proof.
+pub async fn fetch_checkpoint(
+    state: &NodeState,
+    org: &OrgId,
+    since: Option<u64>,
+    size: Option<u64>,
+) -> Result<CheckpointAnswerV1, PeerError> {
+    let manifest = state.manifest.snapshot();
+    if manifest.is_expired(state.clock.now()) {
+        return Err(PeerError::ManifestExpired);
+    }
+    let member = manifest
+        .member(org)
+        .ok_or_else(|| PeerError::UnknownPeer(org.clone()))?;
+    let expected = NodeIdentity {
+        federation: manifest.federation.clone(),
+        org: org.clone(),
+    };
+    let client = state.peers.client_for(state, &expected)?;
+    let mut url = format!("{}/fed/v1/checkpoint", member.endpoint.base_url());
+    let parameters: Vec<String> = [("since", since), ("size", size)]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
+        .collect();
+    if !parameters.is_empty() {
+        url.push('?');
+        url.push_str(&parameters.join("&"));
+    }
     let response = client
         .get(url)
         .send()

@@ -93,6 +93,9 @@ pub struct NodeState {
     pub delivery_stats: crate::delivery::DeliveryStats,
     /// One circuit breaker per peer, for the delivery worker.
     pub breakers: crate::delivery::Breakers,
+    /// The peers' verified audit checkpoints: receipts waiting for a proof, and the alarm
+    /// counter (the checkpoints themselves are in the database).
+    pub peer_logs: crate::peer_logs::PeerLogs,
 }
 
 /// Why a node could not start. All of these are configuration problems (exit code 2).
@@ -326,6 +329,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
         delivery_wake: tokio::sync::Notify::new(),
         delivery_stats: crate::delivery::DeliveryStats::default(),
         breakers: crate::delivery::Breakers::default(),
+        peer_logs: crate::peer_logs::PeerLogs::default(),
     });
     let config = &state.config;
     let workers = config.server.workers;
@@ -401,6 +405,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
     let background = vec![
         tokio::spawn(manifest_watcher(state.clone(), stop_rx.clone())),
         tokio::spawn(crate::delivery::run(state.clone(), stop_rx.clone())),
+        tokio::spawn(crate::peer_logs::run(state.clone(), stop_rx.clone())),
         tokio::spawn(crate::retention::run(state.clone(), stop_rx)),
     ];
 

@@ -524,6 +524,9 @@ audience = "{audience}"
 # Development only: lets `brobygger token` mint tokens. Refused when server.production = true.
 dev_token_key = "{org}/jwt-issuer.key"
 dev_token_kid = "dev-1"
+# What caseworkers may read of children's data: "unit" (default; only consents their unit, the
+# token's `unit` claim, recorded or bound) or "organisation" (everything of this organisation).
+caseworker_scope = "unit"
 
 [audit]
 signing_key = "{org}/audit-signing.key"

@@ -147,6 +147,15 @@ impl Problem {
         .with_detail(detail)
     }
 
+    /// A caseworker asked for a child outside their unit's consents.
+    pub fn out_of_scope() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "out-of-scope",
+            "This child's consents were not recorded or bound by your unit",
+        )
+    }
+
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", "No such resource")
     }

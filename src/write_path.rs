@@ -144,6 +144,7 @@ enum Change {
         id: ConsentId,
         local_subject_key: String,
         at: OffsetDateTime,
+        unit: Option<String>,
     },
     Enqueue(Box<NewOutboxMessage>),
     CancelQueued {
@@ -227,11 +228,13 @@ impl StateChange {
         id: ConsentId,
         local_subject_key: String,
         at: OffsetDateTime,
+        unit: Option<String>,
     ) -> Self {
         Self(Change::Bind {
             id,
             local_subject_key,
             at,
+            unit,
         })
     }
 
@@ -313,7 +316,11 @@ impl StateChange {
                 id,
                 local_subject_key,
                 at,
-            } => tx.bind_consent(id, local_subject_key, *at).await,
+                unit,
+            } => {
+                tx.bind_consent(id, local_subject_key, *at, unit.as_deref())
+                    .await
+            }
             Change::Enqueue(message) => tx.enqueue_outbox(message, audit_idx).await,
             Change::CancelQueued { consent, at } => {
                 tx.cancel_queued_for_consent(consent, *at).await

@@ -7,6 +7,7 @@
 //! federation; the durable outbox that retries comes with the exchange of messages.
 
 use super::Actor;
+use super::scope::Reach;
 use crate::admission::{self, AckPlan};
 use crate::audit::entry::{AuditRecord, Decision as AuditDecision};
 use crate::audited::{self, Audited};
@@ -444,6 +445,7 @@ pub async fn record(
             local_subject_key: Some(local_subject_key),
             binding_code_hash: body.binding_code_hash.clone(),
             created_at: now,
+            recorded_unit: actor.unit.clone(),
         },
     );
     let notice = StateChange::enqueue(
@@ -587,6 +589,9 @@ pub async fn get(
     let id = parse_consent_id(&path)?;
     let record = consent_record(&state, &actor, "local.consent.read", &id, None, None);
     let consent = load_or_refuse(&state, record.clone(), &id).await?;
+    if !Reach::of(&state, &actor).covers(&consent) {
+        return Err(refuse(&state, record, Problem::out_of_scope()).await);
+    }
     let mut record = record;
     record.subject_hmac = Some(
         state
@@ -837,6 +842,7 @@ pub async fn bind(
                 id.clone(),
                 local_subject_key,
                 now,
+                actor.unit.clone(),
             )],
         )
         .await

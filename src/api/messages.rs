@@ -6,6 +6,7 @@
 //! as its audit entry and answered 202. Every read of child data is audited.
 
 use super::Actor;
+use super::scope::Reach;
 use crate::admission::SubmissionV1;
 use crate::admission::{self, Admission, Outcome};
 use crate::audit::entry::Decision as AuditDecision;
@@ -469,12 +470,20 @@ pub async fn inbox(
         })
         .transpose()?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1_000);
+    let reach = Reach::of(&state, &actor);
+    if reach == Reach::Nothing {
+        let mut record = audited::record(&state, "local.inbox.read", AuditDecision::Deny, None);
+        record.actor = Some(actor.audit_actor(&state));
+        record.route = Some(route.to_owned());
+        return Err(audited::deny(&state, record, Problem::out_of_scope()).await);
+    }
     let filter = storage::InboxFilter {
         consent,
         message_type,
         since,
         after: query.after,
         limit,
+        unit: reach.unit().map(str::to_owned),
     };
     let page = storage::inbox_page(&state.db, &filter)
         .await
@@ -558,12 +567,25 @@ pub async fn timeline(
     record.actor = Some(actor.audit_actor(&state));
     record.route = Some(route.to_owned());
     record.subject_hmac = Some(state.hmac.pseudonymise("local-subject", &key));
-    let story = storage::subject_story(&state.db, &key)
+    let mut story = storage::subject_story(&state.db, &key)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
     if story.consents.is_empty() {
         return Err(audited::deny(&state, record, Problem::not_found()).await);
     }
+    // Only what the caller's unit may read: its consents, and what travelled under them.
+    let reach = Reach::of(&state, &actor);
+    story.consents.retain(|c| reach.covers(c));
+    if story.consents.is_empty() {
+        return Err(audited::deny(&state, record, Problem::out_of_scope()).await);
+    }
+    let in_scope: std::collections::BTreeSet<String> = story
+        .consents
+        .iter()
+        .map(|c| c.record.id.to_string())
+        .collect();
+    story.received.retain(|m| in_scope.contains(&m.consent_id));
+    story.sent.retain(|m| in_scope.contains(&m.consent_id));
     let me = &state.identity.org;
     let mut events = Vec::new();
     for consent in &story.consents {

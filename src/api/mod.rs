@@ -8,8 +8,11 @@
 //! [`ApiDoc`] builds the API's OpenAPI document: served at `GET /api/v1/openapi.json` and
 //! committed as `docs/openapi.json` (a test keeps the file current).
 
+pub mod audit;
 pub mod consents;
 pub mod messages;
+pub mod scope;
+pub mod transparency;
 
 use crate::audit::entry::Decision;
 use crate::audited;
@@ -238,6 +241,8 @@ async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
     if manifest_expired {
         warnings.push("the federation manifest has expired: all exchange is refused".into());
     }
+    // A peer whose audit log failed to extend what it showed before: a warning, not unready.
+    warnings.extend(crate::peer_logs::readiness_warnings(&state).await);
     let ready = database_ok && !manifest_expired && !cert_expired;
     let body = Readiness {
         status: if ready { "ready" } else { "not-ready" },
@@ -375,10 +380,14 @@ async fn openapi_document() -> HttpResponse {
         consents::get,
         consents::withdraw,
         consents::bind,
+        transparency::transparency,
         messages::submit,
         messages::status,
         messages::inbox,
         messages::timeline,
+        audit::entries,
+        audit::checkpoint,
+        audit::proof,
     ),
     components(schemas(
         ProblemDoc,
@@ -395,6 +404,9 @@ async fn openapi_document() -> HttpResponse {
         consents::WithdrawnV1,
         consents::BindRequestV1,
         consents::BoundV1,
+        transparency::TransparencyReportV1,
+        transparency::ReportLineV1,
+        transparency::PurposeTextV1,
         crate::admission::SubmissionV1,
         messages::SubmissionBody,
         messages::SubmittedV1,
@@ -404,6 +416,13 @@ async fn openapi_document() -> HttpResponse {
         messages::InboxPageV1,
         messages::TimelineEventV1,
         messages::TimelineV1,
+        audit::AuditActorV1,
+        audit::AuditEntryV1,
+        audit::AuditEntriesPageV1,
+        audit::AuditCheckpointV1,
+        audit::AuditInclusionProofV1,
+        audit::AuditConsistencyProofV1,
+        audit::AuditProofV1,
         crate::wire::PurposeRefV1,
         crate::wire::ConsentingRoleV1,
         crate::wire::ConsentPolicyV1,
@@ -422,6 +441,7 @@ async fn openapi_document() -> HttpResponse {
         (name = "node", description = "The caller's token, federation peers, and this document."),
         (name = "consents", description = "Record, read, withdraw and bind pairwise consents."),
         (name = "messages", description = "Submit messages, follow their delivery, read the inbox and a child's timeline."),
+        (name = "audit", description = "Read and search the audit log, its signed checkpoint, and inclusion and consistency proofs (auditor role)."),
     )
 )]
 pub struct ApiDoc;
@@ -471,6 +491,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     web::post().to(consents::withdraw),
                 )
                 .route("/consents/{id}/bind", web::post().to(consents::bind))
+                .route(
+                    "/consents/{id}/transparency",
+                    web::get().to(transparency::transparency),
+                )
                 .route("/messages", web::post().to(messages::submit))
                 .route("/messages/{id}", web::get().to(messages::status))
                 .route("/inbox", web::get().to(messages::inbox))
@@ -478,7 +502,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                     "/subjects/{key}/timeline",
                     web::get().to(messages::timeline),
                 )
-                .route("/peers/{org}/ping", web::post().to(ping_peer)),
+                .route("/peers/{org}/ping", web::post().to(ping_peer))
+                .route("/audit/entries", web::get().to(audit::entries))
+                .route("/audit/checkpoint", web::get().to(audit::checkpoint))
+                .route("/audit/proof", web::get().to(audit::proof)),
         )
         .default_service(web::to(|| async { Problem::not_found().respond() }));
 }

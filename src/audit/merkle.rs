@@ -170,6 +170,80 @@ fn subproof(leaves: &[Hash], m: usize, complete: bool, proof: &mut Vec<Hash>) {
     }
 }
 
+/// The largest power of two strictly smaller than `n` (for `n >= 2`), on tree sizes.
+fn split_point_u64(n: u64) -> u64 {
+    let mut k = 1;
+    while k << 1 < n {
+        k <<= 1;
+    }
+    k
+}
+
+/// The leaf ranges whose tree hashes (MTH of each range, in order) make up the inclusion proof
+/// of leaf `index` in the tree of size `size`: the same proof as [`inclusion_proof`], planned
+/// without the leaves, so a caller can hash each range while streaming its leaves in bounded
+/// memory. `None` if `index >= size`.
+pub fn inclusion_proof_ranges(size: u64, index: u64) -> Option<Vec<std::ops::Range<u64>>> {
+    if index >= size {
+        return None;
+    }
+    let mut steps = Vec::new();
+    let (mut start, mut end) = (0u64, size);
+    while end - start > 1 {
+        let k = split_point_u64(end - start);
+        if index < start + k {
+            steps.push(start + k..end);
+            end = start + k;
+        } else {
+            steps.push(start..start + k);
+            start += k;
+        }
+    }
+    // The proof runs from the leaf up: the deepest sibling comes first.
+    steps.reverse();
+    Some(steps)
+}
+
+/// The leaf ranges whose tree hashes (in order) make up the consistency proof from the tree of
+/// size `old_size` to the tree of size `new_size`: the same proof as [`consistency_proof`],
+/// planned without the leaves. `None` if `old_size > new_size`; empty when `old_size` is 0 or
+/// equals `new_size`.
+pub fn consistency_proof_ranges(old_size: u64, new_size: u64) -> Option<Vec<std::ops::Range<u64>>> {
+    if old_size > new_size {
+        return None;
+    }
+    let mut ranges = Vec::new();
+    if old_size > 0 {
+        subproof_ranges(0, new_size, old_size, true, &mut ranges);
+    }
+    Some(ranges)
+}
+
+/// SUBPROOF(m, D[start:end], complete) of RFC 6962 §2.1.2, as leaf ranges.
+fn subproof_ranges(
+    start: u64,
+    end: u64,
+    m: u64,
+    complete: bool,
+    ranges: &mut Vec<std::ops::Range<u64>>,
+) {
+    let n = end - start;
+    if m == n {
+        if !complete {
+            ranges.push(start..end);
+        }
+        return;
+    }
+    let k = split_point_u64(n);
+    if m <= k {
+        subproof_ranges(start, start + k, m, complete, ranges);
+        ranges.push(start + k..end);
+    } else {
+        subproof_ranges(start + k, end, m - k, false, ranges);
+        ranges.push(start..start + k);
+    }
+}
+
 /// Verifies an inclusion proof as RFC 9162 §2.1.3.2 describes.
 pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root: &Hash) -> bool {
     if index >= size {
@@ -399,6 +473,34 @@ mod tests {
         (0..n)
             .map(|i| leaf_hash(format!("entry {i}").as_bytes()))
             .collect()
+    }
+
+    /// The planned ranges give exactly the proofs computed from the leaves.
+    #[test]
+    fn proof_ranges_give_the_same_proofs_as_the_leaves() {
+        let all = leaves(70);
+        let hash_of = |ranges: Vec<std::ops::Range<u64>>| -> Vec<Hash> {
+            ranges
+                .into_iter()
+                .map(|r| root(&all[r.start as usize..r.end as usize]))
+                .collect()
+        };
+        for size in 0..=all.len() {
+            let tree = &all[..size];
+            for index in 0..=size {
+                assert_eq!(
+                    inclusion_proof_ranges(size as u64, index as u64).map(hash_of),
+                    inclusion_proof(tree, index),
+                    "inclusion of {index} in {size}"
+                );
+                assert_eq!(
+                    consistency_proof_ranges(index as u64, size as u64).map(hash_of),
+                    consistency_proof(tree, index),
+                    "consistency from {index} to {size}"
+                );
+            }
+            assert_eq!(consistency_proof_ranges(size as u64 + 1, size as u64), None);
+        }
     }
 
     /// The test vectors used by Certificate Transparency implementations (RFC 6962 trees of the

@@ -247,6 +247,37 @@ pub async fn audit_entries(db: &Database) -> Result<Vec<StoredEntry>, StorageErr
         .collect()
 }
 
+/// Up to `limit` entries after leaf index `after` (from the first if `None`), in index order:
+/// for scans that keep memory bounded by the page size.
+pub async fn audit_entries_page(
+    db: &Database,
+    after: Option<u64>,
+    limit: u32,
+) -> Result<Vec<StoredEntry>, StorageError> {
+    let after = match after {
+        Some(after) => to_i64(after)?,
+        None => -1,
+    };
+    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_as(
+            "SELECT idx, entry, leaf_hash FROM audit_entries WHERE idx > $1 ORDER BY idx LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await?
+    });
+    rows.into_iter()
+        .map(|(idx, entry, leaf_hash)| {
+            Ok(StoredEntry {
+                idx: to_u64(idx)?,
+                entry,
+                leaf_hash,
+            })
+        })
+        .collect()
+}
+
 /// One entry's bytes, as stored.
 pub async fn audit_entry(db: &Database, idx: u64) -> Result<Option<Vec<u8>>, StorageError> {
     let idx = to_i64(idx)?;

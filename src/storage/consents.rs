@@ -20,6 +20,8 @@ pub struct NewConsent {
     pub local_subject_key: Option<String>,
     pub binding_code_hash: String,
     pub created_at: OffsetDateTime,
+    /// The unit of the consent-admin who recorded it here (from their token), if any.
+    pub recorded_unit: Option<String>,
 }
 
 /// One event as stored.
@@ -45,6 +47,16 @@ pub struct StoredConsent {
     pub binding_locked_until: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub events: Vec<StoredEvent>,
+    /// The unit that recorded the consent here, and the unit that bound it.
+    pub recorded_unit: Option<String>,
+    pub bound_unit: Option<String>,
+}
+
+impl StoredConsent {
+    /// Whether the consent was recorded or bound by `unit`.
+    pub fn belongs_to_unit(&self, unit: &str) -> bool {
+        self.recorded_unit.as_deref() == Some(unit) || self.bound_unit.as_deref() == Some(unit)
+    }
 }
 
 fn invariant(what: &str) -> StorageError {
@@ -102,24 +114,35 @@ const CONSENT_QUERY: &str = "SELECT consent_id, subject_ref, recording_org, coun
      terms, valid_from, valid_until, retention_days, local_subject_key, bound_at, binding_code_hash, \
      binding_failures, binding_failures_total, binding_locked_until, created_at \
      FROM consents WHERE consent_id = $1";
+// Separate, because a row tuple holds at most 16 columns.
+const UNITS_QUERY: &str = "SELECT recorded_unit, bound_unit FROM consents WHERE consent_id = $1";
 const EVENTS_QUERY: &str = "SELECT event, at, recorded_by FROM consent_events \
      WHERE consent_id = $1 ORDER BY seq";
 
 /// The consent with this id and its events, if this node holds it.
 pub async fn consent(db: &Database, id: &ConsentId) -> Result<Option<StoredConsent>, StorageError> {
-    let (row, events): (Option<ConsentRow>, Vec<(String, String, String)>) =
-        on_each_engine!(db, Database, |pool| {
-            let row = sqlx::query_as(CONSENT_QUERY)
-                .bind(id.as_str())
-                .fetch_optional(pool)
-                .await?;
-            let events = sqlx::query_as(EVENTS_QUERY)
-                .bind(id.as_str())
-                .fetch_all(pool)
-                .await?;
-            (row, events)
-        });
-    let Some(row) = row else {
+    type Units = (Option<String>, Option<String>);
+    type EventRow = (String, String, String);
+    type Read = (Option<ConsentRow>, Option<Units>, Vec<EventRow>);
+    let (row, units, events): Read = on_each_engine!(db, Database, |pool| {
+        // One read transaction, so the three reads see the same consent.
+        let mut tx = pool.begin().await?;
+        let row = sqlx::query_as(CONSENT_QUERY)
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let units = sqlx::query_as(UNITS_QUERY)
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let events = sqlx::query_as(EVENTS_QUERY)
+            .bind(id.as_str())
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        (row, units, events)
+    });
+    let (Some(row), Some((recorded_unit, bound_unit))) = (row, units) else {
         return Ok(None);
     };
     let (
@@ -180,6 +203,8 @@ pub async fn consent(db: &Database, id: &ConsentId) -> Result<Option<StoredConse
             .transpose()?,
         created_at: parse_time(&created_at, "created_at")?,
         events,
+        recorded_unit,
+        bound_unit,
     }))
 }
 
@@ -190,8 +215,8 @@ impl WriteTx {
         let r = &new.record;
         let sql = "INSERT INTO consents (consent_id, subject_ref, recording_org, counterpart, \
                    purposes, terms, valid_from, valid_until, retention_days, local_subject_key, \
-                   bound_at, binding_code_hash, created_at) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                   bound_at, binding_code_hash, created_at, recorded_unit) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                    ON CONFLICT (consent_id) DO NOTHING";
         let bound_at = new
             .local_subject_key
@@ -212,6 +237,7 @@ impl WriteTx {
                 .bind(bound_at)
                 .bind(&new.binding_code_hash)
                 .bind(format_time(new.created_at))
+                .bind(new.recorded_unit.as_deref())
                 .execute(&mut **tx)
                 .await?
                 .rows_affected()
@@ -275,15 +301,17 @@ impl WriteTx {
         id: &ConsentId,
         local_subject_key: &str,
         at: OffsetDateTime,
+        unit: Option<&str>,
     ) -> Result<u64, StorageError> {
         let sql = "UPDATE consents SET local_subject_key = $2, bound_at = $3, \
-                   binding_failures = 0, binding_locked_until = NULL \
+                   binding_failures = 0, binding_locked_until = NULL, bound_unit = $4 \
                    WHERE consent_id = $1 AND local_subject_key IS NULL";
         let rows = on_each_engine!(self, WriteTx, |tx| {
             sqlx::query(sql)
                 .bind(id.as_str())
                 .bind(local_subject_key)
                 .bind(format_time(at))
+                .bind(unit)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected()

@@ -231,6 +231,8 @@ pub struct InboxFilter {
     /// Only after this cursor (an audit index).
     pub after: Option<u64>,
     pub limit: u32,
+    /// Only under consents recorded or bound by this unit.
+    pub unit: Option<String>,
 }
 
 const INBOX_COLUMNS: &str = "sender, message_id, message_type, purpose, consent_id, subject_ref, \
@@ -271,7 +273,8 @@ pub async fn inbox_page(
     let sql = format!(
         "SELECT {INBOX_COLUMNS} FROM inbox WHERE ($1 IS NULL OR consent_id = $1) \
          AND ($2 IS NULL OR message_type = $2) AND ($3 IS NULL OR received_at >= $3) \
-         AND audit_idx > $4 ORDER BY audit_idx LIMIT $5"
+         AND audit_idx > $4 AND ($6 IS NULL OR consent_id IN (SELECT consent_id FROM consents \
+         WHERE recorded_unit = $6 OR bound_unit = $6)) ORDER BY audit_idx LIMIT $5"
     );
     let consent = filter.consent.as_ref().map(|c| c.as_str().to_owned());
     let message_type = filter.message_type.map(|t| t.as_str().to_owned());
@@ -288,6 +291,7 @@ pub async fn inbox_page(
             .bind(since.clone())
             .bind(after)
             .bind(i64::from(filter.limit))
+            .bind(filter.unit.clone())
             .fetch_all(pool)
             .await?
     });

@@ -30,6 +30,16 @@ const SQLITE: &[Migration] = &[
         name: "outbox",
         sql: include_str!("../../migrations/sqlite/0004_outbox.sql"),
     },
+    Migration {
+        version: 5,
+        name: "consent_units",
+        sql: include_str!("../../migrations/sqlite/0005_consent_units.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "peer_checkpoints",
+        sql: include_str!("../../migrations/sqlite/0006_peer_checkpoints.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -52,6 +62,16 @@ const POSTGRES: &[Migration] = &[
         version: 4,
         name: "outbox",
         sql: include_str!("../../migrations/postgres/0004_outbox.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "consent_units",
+        sql: include_str!("../../migrations/postgres/0005_consent_units.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "peer_checkpoints",
+        sql: include_str!("../../migrations/postgres/0006_peer_checkpoints.sql"),
     },
 ];
 

@@ -18,11 +18,13 @@ macro_rules! on_each_engine {
 }
 
 mod audit;
+mod audit_query;
 mod consents;
 mod manifest_state;
 mod messages;
 mod migrate;
 mod outbox;
+mod peer_checkpoints;
 
 pub use consents::{NewConsent, StoredConsent, StoredEvent, consent};
 pub use messages::{
@@ -31,14 +33,20 @@ pub use messages::{
 };
 
 pub use audit::{
-    AuditSnapshot, StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries, audit_entry,
-    audit_leaf_hashes, audit_snapshot, audit_tree, latest_audit_checkpoint,
+    AuditSnapshot, StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries,
+    audit_entries_page, audit_entry, audit_leaf_hashes, audit_snapshot, audit_tree,
+    latest_audit_checkpoint,
 };
+pub use audit_query::{audit_checkpoint_of_size, audit_entry_range, audit_leaf_hash_range};
 pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
 pub use outbox::{
     ClaimedMessage, NewOutboxMessage, OutboxMessage, claim_due, consent_notices,
     expired_inbox_count, mark_delivered, mark_refused, outbox_message, outbox_status_counts,
     release_claim, release_own_stale_claims,
+};
+pub use peer_checkpoints::{
+    NewPeerCheckpoint, PeerCheckpoint, PeerLogAlarm, advance_peer_checkpoint, peer_checkpoint,
+    peer_checkpoints, raise_peer_log_alarm,
 };
 
 use crate::config::{DatabaseConfig, DatabaseUrl};

@@ -302,13 +302,24 @@ async fn exchange_happy_path(engine: Engine) {
         "/api/v1/consents/{}",
         consent["consent_id"].as_str().unwrap()
     );
-    // The club holds the consent too, not yet bound to a child of its own.
-    let (status, held) = local(
+    // The club holds the consent too, not yet bound to a child of its own: its consent-admin
+    // sees it, its caseworkers do not (no unit of theirs recorded or bound it).
+    let (status, problem) = local(
         &fed,
         NGO,
         reqwest::Method::GET,
         &path,
         &[Role::Caseworker],
+        None,
+    )
+    .await;
+    assert_eq!((status, &problem["reason"]), (403, &json!("out-of-scope")));
+    let (status, held) = local(
+        &fed,
+        NGO,
+        reqwest::Method::GET,
+        &path,
+        &[Role::ConsentAdmin],
         None,
     )
     .await;
@@ -614,7 +625,7 @@ async fn a_withdrawal_at_either_side_stops_both_sides_and_each_says_what_it_did(
             withdrawing_side,
             reqwest::Method::GET,
             &format!("/api/v1/consents/{id}"),
-            &[Role::Caseworker],
+            &[Role::ConsentAdmin],
             None,
         )
         .await;
@@ -662,7 +673,7 @@ async fn a_withdrawal_at_either_side_stops_both_sides_and_each_says_what_it_did(
                 org,
                 reqwest::Method::GET,
                 &format!("/api/v1/consents/{id}"),
-                &[Role::Caseworker],
+                &[Role::ConsentAdmin],
                 None,
             )
             .await;

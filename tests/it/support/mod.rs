@@ -19,6 +19,9 @@ use time::OffsetDateTime;
 
 pub const FEDERATION: &str = "brobygger.test";
 
+/// The organisational unit of the users that test tokens stand for.
+pub const TEST_UNIT: &str = "familieafdelingen";
+
 /// Which database engine the nodes of a test federation use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -132,7 +135,7 @@ impl TestPki {
         issuer.mint(
             "test-user",
             roles,
-            None,
+            Some(TEST_UNIT),
             600,
             OffsetDateTime::now_utc().unix_timestamp(),
         )
@@ -273,8 +276,18 @@ impl TestFederation {
         format!("https://{}{path}", self.node(org).local_addr)
     }
 
-    /// A development token for `org`'s local API.
+    /// A development token for `org`'s local API, for a user of the unit [`TEST_UNIT`].
     pub fn token(&self, org: &str, roles: &[brobygger::jwt::Role]) -> String {
+        self.token_for_unit(org, roles, Some(TEST_UNIT))
+    }
+
+    /// A development token for a user of `unit` (or of no unit).
+    pub fn token_for_unit(
+        &self,
+        org: &str,
+        roles: &[brobygger::jwt::Role],
+        unit: Option<&str>,
+    ) -> String {
         let config = self.pki.config(org, &[]);
         let pem = std::fs::read_to_string(config.local_api.dev_token_key.unwrap()).unwrap();
         let issuer = brobygger::jwt::DevIssuer::from_pem(
@@ -287,7 +300,7 @@ impl TestFederation {
         issuer.mint(
             "test-user",
             roles,
-            None,
+            unit,
             600,
             // The node's clock: a test that moves a manual clock still gets a fresh token.
             self.node(org).state.clock.now().unix_timestamp(),
