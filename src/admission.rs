@@ -55,6 +55,7 @@ pub enum Outcome {
 }
 
 /// The acknowledgement of a withdrawal notice, to fill in from the change results.
+#[derive(Debug, Clone)]
 pub struct AckPlan {
     pub actions: Vec<(AckActionKindV1, usize, Option<RetentionBasisV1>)>,
 }
@@ -541,12 +542,14 @@ fn admitted(
 ) -> Admission {
     let mut record = envelope_record(state, refuse.peer, refuse.envelope_sha256, Some(envelope));
     record.decision = Some(AuditDecision::Permit);
-    changes.push(StateChange::remember_answer(
+    // The receipt is built and remembered by the commit itself, so a replay gets exactly the
+    // receipt that was answered, and no second write is needed.
+    changes.push(StateChange::remember_receipt(
         refuse.peer.clone(),
         envelope.message_id.clone(),
         refuse.envelope_sha256.to_owned(),
-        200,
-        None,
+        ack.clone()
+            .map(|plan| (plan, crate::audited::audit_time(state.clock.now()))),
     ));
     Admission::Decided(Box::new(Decided {
         record,

@@ -195,11 +195,34 @@ enum Attempt {
     Failed(String),
 }
 
-/// Records the outcome of one attempt.
-async fn settle(state: &NodeState, peer: &OrgId, message: &ClaimedMessage, attempt: Attempt) {
+/// What to record of one attempt. Outcomes of a batch are recorded together, so that a batch
+/// of deliveries costs one commit at the sender, not one per message.
+enum Settled {
+    Delivered {
+        id: String,
+        receipt: String,
+    },
+    Refused {
+        id: String,
+        problem: String,
+        reason: String,
+    },
+    Retry {
+        id: String,
+        attempts: u32,
+        next: OffsetDateTime,
+    },
+}
+
+/// Judges one attempt: a receipt that verifies, a final refusal, or a retry.
+async fn judge_attempt(
+    state: &NodeState,
+    peer: &OrgId,
+    message: &ClaimedMessage,
+    attempt: Attempt,
+) -> Settled {
     let stats = &state.delivery_stats;
-    let now = state.clock.now();
-    let outcome = match attempt {
+    match attempt {
         Attempt::Receipt(receipt) => {
             let key = state
                 .manifest
@@ -215,14 +238,17 @@ async fn settle(state: &NodeState, peer: &OrgId, message: &ClaimedMessage, attem
                     DeliveryStats::add(&stats.delivered);
                     // The receipt's checkpoint left the peer: keep it to hold its log to it.
                     crate::peer_logs::observe_receipt(state, peer, &receipt.checkpoint).await;
-                    storage::mark_delivered(&state.db, &message.message_id, &json, now).await
+                    Settled::Delivered {
+                        id: message.message_id.clone(),
+                        receipt: json,
+                    }
                 }
                 (verified, _) => {
                     // A receipt that does not verify proves nothing: keep the message queued
                     // and say so loudly. The peer answers a retry with the same receipt, so
                     // this needs an operator.
                     tracing::error!(%peer, message_id = %message.message_id, problem = ?verified, "the peer's receipt does not verify");
-                    retry(state, peer, message).await
+                    retry(state, peer, message)
                 }
             }
         }
@@ -231,21 +257,59 @@ async fn settle(state: &NodeState, peer: &OrgId, message: &ClaimedMessage, attem
             DeliveryStats::add(&stats.refused);
             let reason = problem_reason(&body);
             tracing::info!(%peer, message_id = %message.message_id, %reason, "the peer refused a message");
-            storage::mark_refused(&state.db, &message.message_id, &body, &reason, now).await
+            Settled::Refused {
+                id: message.message_id.clone(),
+                problem: body,
+                reason,
+            }
         }
         Attempt::Problem { status, .. } => {
             tracing::debug!(%peer, status, "the peer could not take a message now");
-            retry(state, peer, message).await
+            retry(state, peer, message)
         }
         Attempt::Failed(error) => {
             tracing::debug!(%peer, %error, "delivery attempt failed");
-            retry(state, peer, message).await
+            retry(state, peer, message)
         }
-    };
+    }
+}
+
+/// Records what became of a batch of attempts: deliveries in one transaction, retries in one.
+async fn record(state: &NodeState, settled: Vec<Settled>) {
+    let now = state.clock.now();
+    let mut delivered = Vec::new();
+    let mut retries = Vec::new();
+    let mut outcome = Ok(());
+    for item in settled {
+        match item {
+            Settled::Delivered { id, receipt } => delivered.push((id, receipt)),
+            Settled::Retry { id, attempts, next } => retries.push((id, attempts, next)),
+            Settled::Refused {
+                id,
+                problem,
+                reason,
+            } => {
+                if let Err(e) = storage::mark_refused(&state.db, &id, &problem, &reason, now).await
+                {
+                    outcome = Err(e);
+                }
+            }
+        }
+    }
+    if !delivered.is_empty()
+        && let Err(e) = storage::mark_delivered_many(&state.db, &delivered, now).await
+    {
+        outcome = Err(e);
+    }
+    if !retries.is_empty()
+        && let Err(e) = storage::release_claims_many(&state.db, &retries, now).await
+    {
+        outcome = Err(e);
+    }
     if let Err(e) = outcome {
-        // The claim's lease ends and the row is attempted again; the receiver answers a
+        // The claims' leases end and the rows are attempted again; the receiver answers a
         // repeated message with its first answer, so nothing is applied twice.
-        tracing::error!(error = %e, "could not record a delivery outcome");
+        tracing::error!(error = %e, "could not record delivery outcomes");
     }
 }
 
@@ -257,12 +321,14 @@ fn attempt_of(result: Result<crate::wire::ReceiptV1, PeerError>) -> Attempt {
     }
 }
 
-/// Sends one peer's claimed messages: alone, or as one batch request, and settles each.
+/// Sends one peer's claimed messages: alone, or as one batch request, and records each.
 async fn deliver_to_peer(state: &NodeState, peer: &OrgId, messages: Vec<ClaimedMessage>) {
+    let mut settled = Vec::with_capacity(messages.len());
     if let [message] = messages.as_slice() {
         let result = federation::send_envelope(state, peer, message.envelope.clone()).await;
         crate::failpoint::hit(crate::failpoint::SENDER_AFTER_SEND);
-        settle(state, peer, message, attempt_of(result)).await;
+        settled.push(judge_attempt(state, peer, message, attempt_of(result)).await);
+        record(state, settled).await;
         return;
     }
     let envelopes: Vec<&[u8]> = messages.iter().map(|m| m.envelope.as_slice()).collect();
@@ -277,7 +343,7 @@ async fn deliver_to_peer(state: &NodeState, peer: &OrgId, messages: Vec<ClaimedM
                         Attempt::Problem { status, body }
                     }
                 };
-                settle(state, peer, message, attempt).await;
+                settled.push(judge_attempt(state, peer, message, attempt).await);
             }
         }
         Err(e) => {
@@ -291,30 +357,22 @@ async fn deliver_to_peer(state: &NodeState, peer: &OrgId, messages: Vec<ClaimedM
                     Attempt::Failed(error) => Attempt::Failed(error.clone()),
                     Attempt::Receipt(receipt) => Attempt::Receipt(receipt.clone()),
                 };
-                settle(state, peer, message, again).await;
+                settled.push(judge_attempt(state, peer, message, again).await);
             }
         }
     }
+    record(state, settled).await;
 }
 
-async fn retry(
-    state: &NodeState,
-    peer: &OrgId,
-    message: &ClaimedMessage,
-) -> Result<bool, storage::StorageError> {
+/// A retry of `message`: counts the failure and schedules the next attempt with backoff.
+fn retry(state: &NodeState, peer: &OrgId, message: &ClaimedMessage) -> Settled {
     DeliveryStats::add(&state.delivery_stats.failed_attempts);
     state.breakers.failure(peer, &state.delivery_stats);
-    let attempts = message.attempts.saturating_add(1);
-    let now = state.clock.now();
-    storage::release_claim(
-        &state.db,
-        &message.message_id,
-        attempts,
-        now + to_time(backoff(message.attempts)),
-        now,
-    )
-    .await
-    .map(|()| false)
+    Settled::Retry {
+        id: message.message_id.clone(),
+        attempts: message.attempts.saturating_add(1),
+        next: state.clock.now() + to_time(backoff(message.attempts)),
+    }
 }
 
 /// One round: claims due rows of the peers that are neither busy nor behind an open breaker,

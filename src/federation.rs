@@ -356,9 +356,9 @@ async fn answer_one(
         }
         Admission::Decided(decided) => {
             let decided = *decided;
-            let (receipt, counts) = state
+            let (receipt, _, answer) = state
                 .audit
-                .append_with(decided.record, decided.changes)
+                .append_with_answer(decided.record, decided.changes)
                 .await
                 .map_err(|e| Problem::unavailable(&e))?;
             crate::failpoint::hit(crate::failpoint::RECEIVER_AFTER_COMMIT);
@@ -367,35 +367,14 @@ async fn answer_one(
                     problem.status,
                     serde_json::to_string(&problem).map_err(|e| Problem::internal(&e))?,
                 ),
-                Outcome::Admitted { message_id, ack } => {
-                    let ack = ack.map(|plan| fill_ack(state, &message_id, &plan, &counts));
-                    let (Some(entry), Some(proof)) = (receipt.entry(), receipt.inclusion_proof())
-                    else {
-                        return Err(Problem::internal(&"a receipt without its entry or proof"));
-                    };
-                    let answer = crate::receipt::build(
-                        message_id.as_str(),
-                        receipt.index,
-                        entry,
-                        &proof,
-                        &receipt.checkpoint.note,
-                        ack,
-                    );
-                    let json = serde_json::to_string(&answer).map_err(|e| Problem::internal(&e))?;
-                    // Stored before it is sent, so a replay gets exactly this receipt. If the
-                    // node stops in between, the first replay rebuilds one.
-                    if let Err(e) = crate::storage::store_receipt(
-                        &state.db,
-                        &peer.member.org,
-                        &message_id,
-                        &json,
-                    )
-                    .await
-                    {
-                        tracing::warn!(error = %e, "could not store a receipt; a replay will rebuild it");
-                    }
-                    (200, json)
-                }
+                // The commit built the receipt and remembered it with the message, so a replay
+                // gets exactly this one.
+                Outcome::Admitted { .. } => (
+                    200,
+                    answer.ok_or_else(|| {
+                        Problem::internal(&"an admitted message without its receipt")
+                    })?,
+                ),
             };
             Ok(ItemAnswer {
                 status,

@@ -12,6 +12,7 @@
 //! checkpoint is kept in a state file beside the signing key (not only in the database), written
 //! at most about once a second and at shutdown, so a restored old database copy is noticed.
 
+use crate::admission::AckPlan;
 use crate::audit::checkpoint::{Checkpoint, TreeHead};
 use crate::audit::entry::{self, AuditRecord, EntryError};
 use crate::audit::merkle::{self, BatchTree};
@@ -109,6 +110,8 @@ struct Job {
 struct Committed {
     receipts: Vec<AuditReceipt>,
     counts: Vec<u64>,
+    /// The delivery receipt (JSON) a `remember_receipt` change built in the commit.
+    answer: Option<String>,
 }
 
 /// A change to durable state that commits together with the audit entry recording the decision
@@ -118,6 +121,15 @@ struct Committed {
 pub struct StateChange(Change);
 
 enum Change {
+    /// Remembers an admitted message with the delivery receipt built inside the commit.
+    RememberReceipt {
+        sender: OrgId,
+        message_id: MessageId,
+        envelope_sha256: String,
+        /// A withdrawal's acknowledgement: which earlier changes of the job give its counts,
+        /// and when.
+        ack: Option<(AckPlan, String)>,
+    },
     RememberAnswer {
         sender: OrgId,
         message_id: MessageId,
@@ -154,6 +166,48 @@ enum Change {
     PurgeExpired(OffsetDateTime),
 }
 
+/// What a commit knows when it applies changes: its entries, tree and signed checkpoint.
+struct ApplyContext<'a> {
+    batch: &'a CommittedBatch,
+    note: &'a str,
+}
+
+impl ApplyContext<'_> {
+    /// The delivery receipt of the entry at `index` (in this commit), as JSON.
+    fn receipt_json(
+        &self,
+        index: u64,
+        message_id: &MessageId,
+        ack: Option<&(AckPlan, String)>,
+        counts_so_far: &[u64],
+    ) -> Result<String, StorageError> {
+        let missing =
+            || StorageError::Invariant("a receipt for an entry outside its commit".into());
+        let offset = index
+            .checked_sub(self.batch.tree.first())
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or_else(missing)?;
+        let entry = self.batch.entries.get(offset).ok_or_else(missing)?;
+        let proof = self.batch.tree.inclusion_proof(index).ok_or_else(missing)?;
+        let ack = ack.map(|(plan, at)| crate::wire::AckV1 {
+            in_reply_to: message_id.to_string(),
+            actions: plan
+                .actions
+                .iter()
+                .map(|(action, position, basis)| crate::wire::AckActionV1 {
+                    action: *action,
+                    count: counts_so_far.get(*position).copied().unwrap_or(0),
+                    basis: *basis,
+                })
+                .collect(),
+            at: at.clone(),
+        });
+        let receipt =
+            crate::receipt::build(message_id.as_str(), index, entry, &proof, self.note, ack);
+        serde_json::to_string(&receipt).map_err(|e| StorageError::Invariant(e.to_string()))
+    }
+}
+
 impl StateChange {
     /// Remembers the answer to a message id, so that a replay gets the same answer.
     pub fn remember_answer(
@@ -169,6 +223,24 @@ impl StateChange {
             envelope_sha256,
             status,
             problem,
+        })
+    }
+
+    /// Remembers an admitted message with its delivery receipt, built in the same commit from
+    /// the job's first entry (its bytes, inclusion proof and the commit's signed checkpoint);
+    /// `append_with_answer` returns the receipt. A withdrawal's ack is filled in from the
+    /// results of the job's earlier changes.
+    pub fn remember_receipt(
+        sender: OrgId,
+        message_id: MessageId,
+        envelope_sha256: String,
+        ack: Option<(AckPlan, String)>,
+    ) -> Self {
+        Self(Change::RememberReceipt {
+            sender,
+            message_id,
+            envelope_sha256,
+            ack,
         })
     }
 
@@ -253,8 +325,40 @@ impl StateChange {
         Self(Change::PurgeExpired(now))
     }
 
-    async fn apply(&self, tx: &mut WriteTx, audit_idx: u64) -> Result<u64, StorageError> {
+    /// Applies the change. `answer` receives a receipt built by a `remember_receipt` change.
+    async fn apply(
+        &self,
+        tx: &mut WriteTx,
+        audit_idx: u64,
+        context: &ApplyContext<'_>,
+        counts_so_far: &[u64],
+        answer: &mut Option<String>,
+    ) -> Result<u64, StorageError> {
         match &self.0 {
+            Change::RememberReceipt {
+                sender,
+                message_id,
+                envelope_sha256,
+                ack,
+            } => {
+                let json =
+                    context.receipt_json(audit_idx, message_id, ack.as_ref(), counts_so_far)?;
+                let stored = tx
+                    .remember_message(
+                        sender,
+                        message_id,
+                        envelope_sha256,
+                        storage::RememberedAnswer {
+                            status: 200,
+                            problem: None,
+                            receipt: Some(&json),
+                        },
+                        audit_idx,
+                    )
+                    .await?;
+                *answer = Some(json);
+                Ok(stored)
+            }
             Change::RememberAnswer {
                 sender,
                 message_id,
@@ -266,8 +370,11 @@ impl StateChange {
                     sender,
                     message_id,
                     envelope_sha256,
-                    *status,
-                    problem.as_deref(),
+                    storage::RememberedAnswer {
+                        status: *status,
+                        problem: problem.as_deref(),
+                        receipt: None,
+                    },
                     audit_idx,
                 )
                 .await
@@ -382,12 +489,23 @@ impl WritePath {
         record: AuditRecord,
         changes: Vec<StateChange>,
     ) -> Result<(AuditReceipt, Vec<u64>), WriteError> {
+        let (receipt, counts, _) = self.append_with_answer(record, changes).await?;
+        Ok((receipt, counts))
+    }
+
+    /// As [`WritePath::append_with`], also returning the delivery receipt (JSON) that a
+    /// `remember_receipt` change built in the commit.
+    pub async fn append_with_answer(
+        &self,
+        record: AuditRecord,
+        changes: Vec<StateChange>,
+    ) -> Result<(AuditReceipt, Vec<u64>, Option<String>), WriteError> {
         let committed = self.submit(vec![record], changes).await?;
         let receipt =
             committed.receipts.into_iter().next().ok_or_else(|| {
                 WriteError::Storage("the writer answered without a receipt".into())
             })?;
-        Ok((receipt, committed.counts))
+        Ok((receipt, committed.counts, committed.answer))
     }
 
     async fn submit(
@@ -648,6 +766,7 @@ impl WriterState {
                     Ok(Committed {
                         receipts: Vec::new(),
                         counts: Vec::new(),
+                        answer: None,
                     })
                 } else {
                     Err(WriteError::Refused(
@@ -674,9 +793,9 @@ impl WriterState {
         }
         let records: Vec<&AuditRecord> = accepted.iter().flat_map(|j| j.records.iter()).collect();
         match self.commit(&records, &accepted).await {
-            Ok((first_index, checkpoint, batch, mut counts)) => {
+            Ok((first_index, checkpoint, batch, counts, answers)) => {
                 let mut index = first_index;
-                for (job, counts) in accepted.into_iter().zip(counts.drain(..)) {
+                for ((job, counts), answer) in accepted.into_iter().zip(counts).zip(answers) {
                     let receipts = job
                         .records
                         .iter()
@@ -690,7 +809,11 @@ impl WriterState {
                             receipt
                         })
                         .collect();
-                    let _ = job.reply.send(Ok(Committed { receipts, counts }));
+                    let _ = job.reply.send(Ok(Committed {
+                        receipts,
+                        counts,
+                        answer,
+                    }));
                 }
                 self.unpublished = Some(checkpoint);
             }
@@ -715,6 +838,7 @@ impl WriterState {
             Arc<CommittedCheckpoint>,
             Arc<CommittedBatch>,
             Vec<Vec<u64>>,
+            Vec<Option<String>>,
         ),
         WriteError,
     > {
@@ -766,21 +890,33 @@ impl WriterState {
         tx.insert_audit_entries(first, &rows)
             .await
             .map_err(storage_error)?;
+        let record_count = rows.len() as u64;
+        let leaves = rows.iter().map(|(_, leaf)| *leaf).collect();
+        let batch = Arc::new(CommittedBatch {
+            tree: BatchTree::new(before, leaves),
+            entries: rows.into_iter().map(|(bytes, _)| bytes).collect(),
+        });
+        let context = ApplyContext {
+            batch: &batch,
+            note: &note,
+        };
         // Each job's changes carry the index of the job's first record: the entry that
         // records the decision behind them.
         let mut counts = Vec::with_capacity(jobs.len());
+        let mut answers = Vec::with_capacity(jobs.len());
         let mut job_first = first;
         for job in jobs {
             let mut job_counts = Vec::with_capacity(job.changes.len());
+            let mut answer = None;
             for change in &job.changes {
-                job_counts.push(
-                    change
-                        .apply(&mut tx, job_first)
-                        .await
-                        .map_err(storage_error)?,
-                );
+                let count = change
+                    .apply(&mut tx, job_first, &context, &job_counts, &mut answer)
+                    .await
+                    .map_err(storage_error)?;
+                job_counts.push(count);
             }
             counts.push(job_counts);
+            answers.push(answer);
             job_first += job.records.len() as u64;
         }
         let keep_history = self
@@ -793,21 +929,17 @@ impl WriterState {
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .records
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+            .fetch_add(record_count, Ordering::Relaxed);
         self.floor = head.size;
         if keep_history {
             self.last_history = Some(Instant::now());
         }
-        let leaves = rows.iter().map(|(_, leaf)| *leaf).collect();
-        let batch = Arc::new(CommittedBatch {
-            tree: BatchTree::new(before, leaves),
-            entries: rows.into_iter().map(|(bytes, _)| bytes).collect(),
-        });
         Ok((
             first,
             Arc::new(CommittedCheckpoint { head, note }),
             batch,
             counts,
+            answers,
         ))
     }
 

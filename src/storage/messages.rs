@@ -137,6 +137,15 @@ pub async fn inbox_messages(db: &Database) -> Result<Vec<InboxMessage>, StorageE
         .collect()
 }
 
+/// The first answer to a message, as remembered: a refusal's problem, or an admission's
+/// receipt.
+#[derive(Debug, Clone, Copy)]
+pub struct RememberedAnswer<'a> {
+    pub status: u16,
+    pub problem: Option<&'a str>,
+    pub receipt: Option<&'a str>,
+}
+
 impl WriteTx {
     /// Remembers the first answer to a message id. A second answer to the same id (a replay
     /// that raced the first) changes nothing.
@@ -145,12 +154,16 @@ impl WriteTx {
         sender: &OrgId,
         message_id: &MessageId,
         envelope_sha256: &str,
-        status: u16,
-        problem: Option<&str>,
+        answer: RememberedAnswer<'_>,
         audit_idx: u64,
     ) -> Result<u64, StorageError> {
+        let RememberedAnswer {
+            status,
+            problem,
+            receipt,
+        } = answer;
         let sql = "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
-                   problem, audit_idx) VALUES ($1, $2, $3, $4, $5, $6) \
+                   problem, audit_idx, receipt) VALUES ($1, $2, $3, $4, $5, $6, $7) \
                    ON CONFLICT (sender, message_id) DO NOTHING";
         let audit_idx = to_i64(audit_idx)?;
         let rows = on_each_engine!(self, WriteTx, |tx| {
@@ -161,6 +174,7 @@ impl WriteTx {
                 .bind(i32::from(status))
                 .bind(problem)
                 .bind(audit_idx)
+                .bind(receipt)
                 .execute(&mut **tx)
                 .await?
                 .rows_affected()

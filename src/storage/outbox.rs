@@ -219,6 +219,59 @@ pub async fn mark_delivered(
     Ok(rows == 1)
 }
 
+/// Marks several messages delivered, each with its verified receipt, in one transaction (one
+/// commit for a whole batch). Returns how many changed (a cancelled one does not).
+pub async fn mark_delivered_many(
+    db: &Database,
+    delivered: &[(String, String)],
+    now: OffsetDateTime,
+) -> Result<u64, StorageError> {
+    let sql = "UPDATE outbox SET status = 'delivered', receipt = $2, claimed_until = NULL, \
+               attempts = attempts + 1, updated_at = $3 WHERE message_id = $1 AND status = 'queued'";
+    let now = db_time(now);
+    let changed = on_each_engine!(db, Database, |pool| {
+        let mut tx = pool.begin().await?;
+        let mut changed = 0;
+        for (id, receipt) in delivered {
+            changed += sqlx::query(sql)
+                .bind(id)
+                .bind(receipt)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        changed
+    });
+    Ok(changed)
+}
+
+/// Gives several claimed messages back for later attempts, in one transaction.
+pub async fn release_claims_many(
+    db: &Database,
+    releases: &[(String, u32, OffsetDateTime)],
+    now: OffsetDateTime,
+) -> Result<(), StorageError> {
+    let sql = "UPDATE outbox SET claimed_until = NULL, attempts = $2, next_attempt_at = $3, \
+               updated_at = $4 WHERE message_id = $1 AND status = 'queued'";
+    let now = db_time(now);
+    on_each_engine!(db, Database, |pool| {
+        let mut tx = pool.begin().await?;
+        for (id, attempts, next) in releases {
+            sqlx::query(sql)
+                .bind(id)
+                .bind(i64::from(*attempts))
+                .bind(db_time(*next))
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
 /// Marks a message refused by the peer, with its problem document and reason.
 pub async fn mark_refused(
     db: &Database,
