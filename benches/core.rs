@@ -37,6 +37,7 @@ fn policy(c: &mut Criterion) {
             fields.iter().map(|f| f.to_string()).collect(),
         )]),
         max_consent_validity_days: 365,
+        max_retention_days: 730,
     }]);
     let ngo: OrgId = "red-barnet".parse().unwrap();
     let kommune: OrgId = "herning-kommune".parse().unwrap();

@@ -320,6 +320,20 @@ pub async fn admit_inbound(
                 );
                 return Ok(refuse.refuse(problem, message_id, Some(&envelope)));
             };
+            // The binding hash's work factor is the sender's choice: keep it within what a
+            // consent-admin's check can afford.
+            if !consent::is_binding_hash(&grant.binding_code_hash) {
+                let problem = Problem::refused(
+                    "schema-invalid",
+                    "the binding code hash must be pbkdf2-sha256 with 10,000 to 1,000,000 rounds",
+                    Some("/body/binding_code_hash".into()),
+                );
+                return Ok(refuse.refuse(problem, message_id, Some(&envelope)));
+            }
+            let withdrawn_before_granted = existing.is_none()
+                && storage::consent_tombstoned(&state.db, &envelope.consent)
+                    .await
+                    .map_err(|e| Problem::unavailable(&e))?;
             let decision = policy::decide_grant(
                 &Grant {
                     consent: &envelope.consent,
@@ -331,6 +345,8 @@ pub async fn admit_inbound(
                     purposes: &purposes,
                     valid_from,
                     valid_until,
+                    retention_days: grant.retention_at_recipient_days,
+                    withdrawn_before_granted,
                 },
                 &catalogue,
                 existing_facts.as_ref(),

@@ -170,9 +170,14 @@ fn to_time(duration: Duration) -> time::Duration {
     time::Duration::try_from(duration).unwrap_or(time::Duration::MAX)
 }
 
-/// Whether a refusal is final (the peer decided) or worth retrying (it could not decide now).
-fn is_final(status: u16) -> bool {
-    (400..500).contains(&status) && status != 408 && status != 429
+/// Whether a refusal is final: the peer's admission decided about this message (one of the
+/// admission reason codes). Anything else (the peer could not decide now, does not take us as a
+/// member yet, or is overloaded) is worth retrying.
+fn is_final(status: u16, body: &str) -> bool {
+    (400..500).contains(&status)
+        && status != 408
+        && status != 429
+        && crate::problem::REFUSAL_CODES.contains(&problem_reason(body).as_str())
 }
 
 /// The reason code of a problem document, if it is one.
@@ -252,7 +257,7 @@ async fn judge_attempt(
                 }
             }
         }
-        Attempt::Problem { status, body } if is_final(status) => {
+        Attempt::Problem { status, body } if is_final(status, &body) => {
             state.breakers.success(peer, stats);
             DeliveryStats::add(&stats.refused);
             let reason = problem_reason(&body);
@@ -346,17 +351,13 @@ async fn deliver_to_peer(state: &NodeState, peer: &OrgId, messages: Vec<ClaimedM
                 settled.push(judge_attempt(state, peer, message, attempt).await);
             }
         }
+        // The request as a whole got no per-envelope answers (the peer was down, did not take
+        // us as a member yet, or refused the batch itself): nothing was decided about any one
+        // message, so every one is retried.
         Err(e) => {
-            let attempt = attempt_of(Err(e));
+            let error = e.to_string();
             for message in &messages {
-                let again = match &attempt {
-                    Attempt::Problem { status, body } => Attempt::Problem {
-                        status: *status,
-                        body: body.clone(),
-                    },
-                    Attempt::Failed(error) => Attempt::Failed(error.clone()),
-                    Attempt::Receipt(receipt) => Attempt::Receipt(receipt.clone()),
-                };
+                let again = Attempt::Failed(error.clone());
                 settled.push(judge_attempt(state, peer, message, again).await);
             }
         }
@@ -477,14 +478,17 @@ mod tests {
     }
 
     #[test]
-    fn only_a_decision_of_the_peer_is_final() {
-        assert!(is_final(403));
-        assert!(is_final(409));
-        assert!(is_final(422));
-        assert!(!is_final(429));
-        assert!(!is_final(408));
-        assert!(!is_final(503));
-        assert!(!is_final(502));
+    fn only_a_decision_of_the_peer_about_the_message_is_final() {
+        let problem = |reason: &str| format!("{{\"reason\":\"{reason}\"}}");
+        assert!(is_final(403, &problem("consent-not-active")));
+        assert!(is_final(409, &problem("message-id-conflict")));
+        assert!(is_final(422, &problem("schema-invalid")));
+        // Membership and capacity are not decisions about the message.
+        assert!(!is_final(403, &problem("peer-not-member")));
+        assert!(!is_final(429, &problem("consent-not-active")));
+        assert!(!is_final(408, &problem("schema-invalid")));
+        assert!(!is_final(503, &problem("unavailable")));
+        assert!(!is_final(502, "not json"));
     }
 
     #[test]

@@ -212,7 +212,7 @@ fn prepare_dir(dir: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// Why the federation could not start: the directory is unusable (exit 2), or something else.
-enum StartFailure {
+pub enum StartFailure {
     Usage(anyhow::Error),
     Failed(anyhow::Error),
 }
@@ -298,7 +298,7 @@ impl Answer {
 impl Federation {
     /// `pki init` into `dir`, the three nodes started, and the manifest with their real ports
     /// published and loaded.
-    async fn start(dir: &Path) -> Result<Federation, StartFailure> {
+    pub async fn start(dir: &Path) -> Result<Federation, StartFailure> {
         let federation: FederationName = FEDERATION
             .parse()
             .map_err(|e| StartFailure::Failed(anyhow!("{e}")))?;

@@ -430,12 +430,7 @@ async fn receive_envelope(
         ));
         return Err(refuse_request(&state, &peer, problem).await);
     }
-    let answers = futures_util::future::join_all(
-        items
-            .iter()
-            .map(|item| answer_one(&state, &peer, item.get().as_bytes())),
-    )
-    .await;
+    let answers = answer_batch(&state, &peer, &items).await;
     let mut results = Vec::with_capacity(answers.len());
     let mut last_receipt = None;
     for answer in answers {
@@ -453,6 +448,89 @@ async fn receive_envelope(
     Ok(match last_receipt {
         Some(receipt) => EnvelopeAnswer::Fresh(Audited::new(receipt, response)),
         None => EnvelopeAnswer::Replay(response),
+    })
+}
+
+/// What admission needs to know of a batch item before reading it properly: its type and id.
+fn peek(item: &serde_json::value::RawValue) -> (Option<String>, Option<String>) {
+    let value: serde_json::Value = serde_json::from_str(item.get()).unwrap_or_default();
+    let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    (text("type"), text("message_id"))
+}
+
+/// Answers the envelopes of a batch, in order. Consent notices go first, one after the other in
+/// the order given, so that data under a consent granted in the same batch finds it; the data
+/// messages then go together (sharing group commits). A message id used twice in one batch is
+/// refused the second time (`message-id-conflict`): both cannot be admitted.
+async fn answer_batch(
+    state: &NodeState,
+    peer: &AuthenticatedPeer,
+    items: &[&serde_json::value::RawValue],
+) -> Vec<Result<ItemAnswer, Problem>> {
+    let mut answers: Vec<Option<Result<ItemAnswer, Problem>>> =
+        (0..items.len()).map(|_| None).collect();
+    let mut seen_ids = std::collections::HashSet::new();
+    let mut notices = Vec::new();
+    let mut data = Vec::new();
+    for (position, item) in items.iter().enumerate() {
+        let (kind, id) = peek(item);
+        if let Some(id) = id
+            && !seen_ids.insert(id)
+        {
+            let problem = Problem::refused(
+                "message-id-conflict",
+                "this message id is used by an earlier envelope of the same batch",
+                Some("/message_id".into()),
+            );
+            if let Some(slot) = answers.get_mut(position) {
+                *slot = Some(refuse_item(state, peer, problem).await);
+            }
+            continue;
+        }
+        if kind.as_deref().is_some_and(|k| k.starts_with("consent.")) {
+            notices.push(position);
+        } else {
+            data.push(position);
+        }
+    }
+    for position in notices {
+        if let (Some(item), Some(slot)) = (items.get(position), answers.get_mut(position)) {
+            *slot = Some(answer_one(state, peer, item.get().as_bytes()).await);
+        }
+    }
+    let concurrent = futures_util::future::join_all(data.iter().filter_map(|position| {
+        items
+            .get(*position)
+            .map(|item| answer_one(state, peer, item.get().as_bytes()))
+    }))
+    .await;
+    for (position, answer) in data.into_iter().zip(concurrent) {
+        if let Some(slot) = answers.get_mut(position) {
+            *slot = Some(answer);
+        }
+    }
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| Err(Problem::internal(&"a batch item without an answer")))
+        })
+        .collect()
+}
+
+/// Audits the refusal of one batch item that admission never read, and answers it.
+async fn refuse_item(
+    state: &NodeState,
+    peer: &AuthenticatedPeer,
+    problem: Problem,
+) -> Result<ItemAnswer, Problem> {
+    let mut record = audited::record(state, "federation.envelope", Decision::Deny, None);
+    record.peer = Some(peer.member.org.to_string());
+    record.reason = Some(problem.reason.to_owned());
+    let receipt = audited::permit(state, record).await?;
+    Ok(ItemAnswer {
+        status: problem.status,
+        body: serde_json::to_string(&problem).map_err(|e| Problem::internal(&e))?,
+        audit: Some(receipt),
     })
 }
 

@@ -427,6 +427,7 @@ fn parse_purpose(doc: PurposeDocV1) -> Result<(Purpose, PurposeRule), ManifestEr
         flow,
         allowed_fields,
         max_consent_validity_days: doc.max_consent_validity_days,
+        max_retention_days: doc.retention_at_recipient_days,
     };
     Ok((
         Purpose {

@@ -48,6 +48,8 @@ pub struct PurposeRule {
     pub allowed_fields: BTreeMap<MessageType, BTreeSet<String>>,
     /// The longest validity a consent naming this purpose may have, in days.
     pub max_consent_validity_days: u32,
+    /// The longest the recipient may keep what it receives under this purpose, in days.
+    pub max_retention_days: u32,
 }
 
 /// The purpose catalogue of the current manifest, by id and version.
@@ -140,6 +142,8 @@ pub enum DenyReason {
     ConsentExists,
     /// A consent whose validity is empty or longer than one of its purposes allows.
     ConsentValidityInvalid,
+    /// A consent that lets the recipient keep data longer than one of its purposes allows.
+    RetentionTooLong,
 }
 
 impl DenyReason {
@@ -159,7 +163,7 @@ impl DenyReason {
     ];
 
     /// Every reason, including those of the consent notices.
-    pub const ALL: [DenyReason; 13] = [
+    pub const ALL: [DenyReason; 14] = [
         DenyReason::PurposeUnknown,
         DenyReason::PurposeInactive,
         DenyReason::TypeNotAllowed,
@@ -173,6 +177,7 @@ impl DenyReason {
         DenyReason::PurposeNotInConsent,
         DenyReason::ConsentExists,
         DenyReason::ConsentValidityInvalid,
+        DenyReason::RetentionTooLong,
     ];
 
     pub fn code(self) -> &'static str {
@@ -190,6 +195,7 @@ impl DenyReason {
             DenyReason::PurposeNotInConsent => "purpose-not-in-consent",
             DenyReason::ConsentExists => "consent-exists",
             DenyReason::ConsentValidityInvalid => "consent-validity-invalid",
+            DenyReason::RetentionTooLong => "retention-too-long",
         }
     }
 }
@@ -356,15 +362,20 @@ pub struct Grant<'a> {
     pub purposes: &'a BTreeSet<PurposeRef>,
     pub valid_from: OffsetDateTime,
     pub valid_until: OffsetDateTime,
+    /// How long the recipient may keep what it receives, in days.
+    pub retention_days: u32,
+    /// A withdrawal of this consent arrived before its grant (out of order after an outage).
+    pub withdrawn_before_granted: bool,
 }
 
 /// Decides a `consent.granted` (DESIGN §5: it must come from the recording party, name this
 /// node as the counterpart, and reference active purposes). `existing` is the consent this node
 /// already holds under that id, if any. In order: the id is new (a second grant from the
-/// recording party is `consent-exists`, one from anyone else `party-not-in-consent`); the two
+/// recording party is `consent-exists`, one from anyone else `party-not-in-consent`); it was not
+/// withdrawn before it arrived (`consent-not-active`); the two
 /// parties are an NGO and a public authority; every purpose is known and active; the envelope's
 /// purpose is one of them; the validity is not empty and not longer than every purpose allows;
-/// it has not ended.
+/// the retention at the recipient is not longer than every purpose allows; it has not ended.
 pub fn decide_grant(
     grant: &Grant<'_>,
     catalogue: &Catalogue,
@@ -378,10 +389,15 @@ pub fn decide_grant(
             DenyReason::PartyNotInConsent
         });
     }
+    // A consent already withdrawn never comes to life, whatever order its notices arrive in.
+    if grant.withdrawn_before_granted {
+        return deny(DenyReason::ConsentNotActive);
+    }
     if way(grant.sender_kind, grant.recipient_kind) == Way::Lateral {
         return deny(DenyReason::DirectionNotAllowed);
     }
     let mut max_days = u32::MAX;
+    let mut max_retention = u32::MAX;
     for purpose in grant.purposes {
         let Some(rule) = catalogue.rule(purpose) else {
             return deny(DenyReason::PurposeUnknown);
@@ -390,6 +406,7 @@ pub fn decide_grant(
             return deny(DenyReason::PurposeInactive);
         }
         max_days = max_days.min(rule.max_consent_validity_days);
+        max_retention = max_retention.min(rule.max_retention_days);
     }
     if !grant.purposes.contains(grant.purpose) {
         return deny(DenyReason::PurposeNotInConsent);
@@ -397,6 +414,9 @@ pub fn decide_grant(
     let longest = time::Duration::days(i64::from(max_days));
     if grant.valid_until <= grant.valid_from || grant.valid_until - grant.valid_from > longest {
         return deny(DenyReason::ConsentValidityInvalid);
+    }
+    if grant.retention_days > max_retention {
+        return deny(DenyReason::RetentionTooLong);
     }
     if now >= grant.valid_until {
         return deny(DenyReason::ConsentExpired);
@@ -446,6 +466,7 @@ mod tests {
                     .collect(),
             )]),
             max_consent_validity_days: 365,
+            max_retention_days: 730,
         }])
     }
 
@@ -639,12 +660,22 @@ mod tests {
             purposes: &purposes,
             valid_from: datetime!(2026-11-01 00:00 UTC),
             valid_until: datetime!(2027-10-31 00:00 UTC),
+            retention_days: 730,
+            withdrawn_before_granted: false,
         };
         let active = catalogue(PurposeStatus::Active);
         let reason = |g: &Grant<'_>, c: &Catalogue, e: Option<&ConsentFacts>| {
             decide_grant(g, c, e, now).reason()
         };
         assert_eq!(reason(&grant, &active, None), None);
+        let withdrawn_first = Grant {
+            withdrawn_before_granted: true,
+            ..grant.clone()
+        };
+        assert_eq!(
+            reason(&withdrawn_first, &active, None),
+            Some(DenyReason::ConsentNotActive)
+        );
         let held = consent();
         assert_eq!(
             reason(&grant, &active, Some(&held)),
@@ -720,6 +751,14 @@ mod tests {
                 Some(DenyReason::ConsentValidityInvalid)
             );
         }
+        let kept_too_long = Grant {
+            retention_days: 731,
+            ..grant.clone()
+        };
+        assert_eq!(
+            reason(&kept_too_long, &active, None),
+            Some(DenyReason::RetentionTooLong)
+        );
         let ended = Grant {
             valid_from: datetime!(2026-01-01 00:00 UTC),
             valid_until: now,

@@ -241,6 +241,7 @@ pub const REFUSAL_CODES: &[&str] = &[
     "purpose-not-in-consent",
     "consent-exists",
     "consent-validity-invalid",
+    "retention-too-long",
     "binding-code-wrong",
     "binding-locked",
     "already-bound",
@@ -303,6 +304,10 @@ fn refusal_status_and_title(reason: &str) -> (StatusCode, &'static str) {
         "consent-validity-invalid" => (
             S::UNPROCESSABLE_ENTITY,
             "The consent's validity is empty or longer than its purposes allow",
+        ),
+        "retention-too-long" => (
+            S::UNPROCESSABLE_ENTITY,
+            "The consent lets the recipient keep data longer than its purposes allow",
         ),
         "binding-code-wrong" => (S::FORBIDDEN, "The binding code is not right"),
         "binding-locked" => (

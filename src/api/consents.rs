@@ -316,6 +316,11 @@ pub async fn record(
         .await?;
     let request: RecordConsentRequestV1 = read_request(payload).await?;
     let local_subject_key = parse_local_subject_key(&request.local_subject_key)?;
+    if !(1..=3650).contains(&request.retention_at_recipient_days) {
+        return Err(Problem::malformed_request(
+            "retention_at_recipient_days is 1 to 3650",
+        ));
+    }
     let counterpart: OrgId = request
         .counterpart
         .parse()
@@ -385,6 +390,8 @@ pub async fn record(
             purposes: &purposes,
             valid_from,
             valid_until,
+            retention_days: request.retention_at_recipient_days,
+            withdrawn_before_granted: false,
         },
         &manifest.catalogue,
         None,
@@ -588,8 +595,14 @@ pub async fn get(
         .await?;
     let id = parse_consent_id(&path)?;
     let record = consent_record(&state, &actor, "local.consent.read", &id, None, None);
+    let reach = Reach::of(&state, &actor);
+    // A caseworker limited to a unit learns nothing of what exists outside it: an unknown
+    // consent is out of scope too.
+    if reach != Reach::Organisation && matches!(storage::consent(&state.db, &id).await, Ok(None)) {
+        return Err(refuse(&state, record, Problem::out_of_scope()).await);
+    }
     let consent = load_or_refuse(&state, record.clone(), &id).await?;
-    if !Reach::of(&state, &actor).covers(&consent) {
+    if !reach.covers(&consent) {
         return Err(refuse(&state, record, Problem::out_of_scope()).await);
     }
     let mut record = record;

@@ -176,6 +176,36 @@ async fn submit_one(
     }
 }
 
+/// Refuses a batch item whose message id an earlier item of the batch uses (audited).
+async fn refuse_duplicate(
+    state: &NodeState,
+    actor: &Actor,
+    item: &Value,
+) -> Result<(SubmittedV1, Option<AuditReceipt>), Problem> {
+    let problem = Problem::refused(
+        "message-id-conflict",
+        "this message id is used by an earlier message of the same batch",
+        Some("/message_id".into()),
+    );
+    let mut record = audited::record(state, "local.message.submit", AuditDecision::Deny, None);
+    record.actor = Some(actor.audit_actor(state));
+    record.reason = Some(problem.reason.to_owned());
+    let receipt = audited::permit(state, record).await?;
+    Ok((
+        SubmittedV1 {
+            status: problem.status,
+            message_id: item
+                .get("message_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            state: None,
+            audit_leaf_index: Some(receipt.index),
+            problem: serde_json::to_value(&problem).ok(),
+        },
+        Some(receipt),
+    ))
+}
+
 /// The response for a single message: 202 with the result, or the refusal itself.
 fn single_response(result: &SubmittedV1) -> HttpResponse {
     let status = StatusCode::from_u16(result.status).unwrap_or(StatusCode::FORBIDDEN);
@@ -235,10 +265,21 @@ pub async fn submit(
                 )));
             }
             // Every item is checked and appended concurrently, so the group commit takes them
-            // together; each is its own decision with its own audit entry.
-            let outcomes = futures_util::future::join_all(
-                items.iter().map(|item| submit_one(&state, &actor, item)),
-            )
+            // together; each is its own decision with its own audit entry. A message id used
+            // twice in one batch is refused the second time: both cannot be queued.
+            let mut seen_ids = std::collections::HashSet::new();
+            let outcomes = futures_util::future::join_all(items.iter().map(|item| {
+                let id = item.get("message_id").and_then(Value::as_str);
+                let duplicate = id.is_some_and(|id| !seen_ids.insert(id.to_owned()));
+                let (state, actor) = (&state, &actor);
+                async move {
+                    if duplicate {
+                        refuse_duplicate(state, actor, item).await
+                    } else {
+                        submit_one(state, actor, item).await
+                    }
+                }
+            }))
             .await;
             let mut results = Vec::with_capacity(outcomes.len());
             let mut last_receipt = None;
@@ -570,11 +611,17 @@ pub async fn timeline(
     let mut story = storage::subject_story(&state.db, &key)
         .await
         .map_err(|e| Problem::unavailable(&e))?;
-    if story.consents.is_empty() {
-        return Err(audited::deny(&state, record, Problem::not_found()).await);
-    }
-    // Only what the caller's unit may read: its consents, and what travelled under them.
+    // Only what the caller's unit may read: its consents, and what travelled under them. A
+    // caseworker limited to a unit learns nothing of what exists outside it.
     let reach = Reach::of(&state, &actor);
+    if story.consents.is_empty() {
+        let problem = if reach == Reach::Organisation {
+            Problem::not_found()
+        } else {
+            Problem::out_of_scope()
+        };
+        return Err(audited::deny(&state, record, problem).await);
+    }
     story.consents.retain(|c| reach.covers(c));
     if story.consents.is_empty() {
         return Err(audited::deny(&state, record, Problem::out_of_scope()).await);

@@ -268,8 +268,10 @@ fn lines(lang: Lang, manifest: &Manifest, me: &str, entries: &[DecodedEntry]) ->
                 from: my_name.clone(),
                 to: peer,
                 purpose,
+                // The log records the decision to send; a message later cancelled by a withdrawal
+                // was accepted but not delivered, so the line says what is certain.
                 outcome: if permitted {
-                    words("Sendt", "Sent")
+                    words("Godkendt til afsendelse", "Accepted for sending")
                 } else {
                     words("Ikke sendt (afvist)", "Not sent (refused)")
                 },
@@ -599,8 +601,13 @@ pub async fn transparency(
     record.actor = Some(actor.audit_actor(&state));
     record.route = Some(route.to_owned());
     record.consent_hmac = Some(state.hmac.pseudonymise("consent", id.as_str()));
+    let reach = Reach::of(&state, &actor);
     let consent = match storage::consent(&state.db, &id).await {
         Ok(Some(consent)) => consent,
+        // A caseworker limited to a unit learns nothing of what exists outside it.
+        Ok(None) if reach != Reach::Organisation => {
+            return Err(audited::deny(&state, record, Problem::out_of_scope()).await);
+        }
         Ok(None) => {
             let problem = Problem::refused(
                 "consent-unknown",
@@ -616,7 +623,7 @@ pub async fn transparency(
             .hmac
             .pseudonymise("subject", &consent.record.subject.to_string()),
     );
-    if !Reach::of(&state, &actor).covers(&consent) {
+    if !reach.covers(&consent) {
         return Err(audited::deny(&state, record, Problem::out_of_scope()).await);
     }
     let report = build(&state, &consent, lang).await?;

@@ -208,7 +208,40 @@ pub async fn consent(db: &Database, id: &ConsentId) -> Result<Option<StoredConse
     }))
 }
 
+/// Whether a withdrawal arrived for this consent before this node held it.
+pub async fn consent_tombstoned(db: &Database, id: &ConsentId) -> Result<bool, StorageError> {
+    let found: Option<String> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_scalar("SELECT consent_id FROM consent_tombstones WHERE consent_id = $1")
+            .bind(id.as_str())
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(found.is_some())
+}
+
 impl WriteTx {
+    /// Remembers a withdrawal of a consent this node does not hold.
+    pub async fn insert_consent_tombstone(
+        &mut self,
+        id: &ConsentId,
+        sender: &OrgId,
+        at: OffsetDateTime,
+    ) -> Result<u64, StorageError> {
+        let rows = on_each_engine!(self, WriteTx, |tx| {
+            sqlx::query(
+                "INSERT INTO consent_tombstones (consent_id, sender, at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (consent_id) DO NOTHING",
+            )
+            .bind(id.as_str())
+            .bind(sender.as_str())
+            .bind(format_time(at))
+            .execute(&mut **tx)
+            .await?
+            .rows_affected()
+        });
+        Ok(rows)
+    }
+
     /// Stores a new consent. Returns 0 if a consent with that id exists already (nothing is
     /// changed then), 1 otherwise.
     pub async fn insert_consent(&mut self, new: &NewConsent) -> Result<u64, StorageError> {

@@ -182,15 +182,21 @@ impl WriteTx {
         Ok(rows)
     }
 
-    /// Stores an admitted message; a second copy of the same message changes nothing.
+    /// Stores an admitted message, unless its consent ended meanwhile; a second copy of the
+    /// same message changes nothing. Returns how many rows were stored.
     pub async fn insert_inbox(
         &mut self,
         message: &NewInboxMessage,
         audit_idx: u64,
     ) -> Result<u64, StorageError> {
+        // The consent is checked again here, inside the commit: a withdrawal that committed
+        // after this message was decided but before it is stored wins, and nothing is stored
+        // (as if the message had come first and been deleted by the withdrawal).
         let sql = "INSERT INTO inbox (sender, message_id, message_type, purpose, consent_id, \
                    subject_ref, envelope, received_at, audit_idx, delete_after) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                   SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+                   WHERE NOT EXISTS (SELECT 1 FROM consent_events WHERE consent_id = $5 \
+                   AND event IN ('withdrawn-by-subject', 'revoked', 'expired', 'invalidated')) \
                    ON CONFLICT (sender, message_id) DO NOTHING";
         let audit_idx = to_i64(audit_idx)?;
         let rows = on_each_engine!(self, WriteTx, |tx| {

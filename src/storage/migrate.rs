@@ -40,6 +40,11 @@ const SQLITE: &[Migration] = &[
         name: "peer_checkpoints",
         sql: include_str!("../../migrations/sqlite/0006_peer_checkpoints.sql"),
     },
+    Migration {
+        version: 7,
+        name: "consent_tombstones",
+        sql: include_str!("../../migrations/sqlite/0007_consent_tombstones.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -72,6 +77,11 @@ const POSTGRES: &[Migration] = &[
         version: 6,
         name: "peer_checkpoints",
         sql: include_str!("../../migrations/postgres/0006_peer_checkpoints.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "consent_tombstones",
+        sql: include_str!("../../migrations/postgres/0007_consent_tombstones.sql"),
     },
 ];
 

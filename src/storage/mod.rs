@@ -26,7 +26,7 @@ mod migrate;
 mod outbox;
 mod peer_checkpoints;
 
-pub use consents::{NewConsent, StoredConsent, StoredEvent, consent};
+pub use consents::{NewConsent, StoredConsent, StoredEvent, consent, consent_tombstoned};
 pub use messages::{
     InboxFilter, InboxMessage, NewInboxMessage, RememberedAnswer, SeenMessage, SentMessage,
     SubjectStory, inbox_messages, inbox_page, seen_message, store_receipt, subject_story,

@@ -363,16 +363,22 @@ impl WriteTx {
         Ok(rows)
     }
 
-    /// Cancels every queued data message under a consent (its notices stay); returns how many.
+    /// Cancels every queued message under a consent except its withdrawal notice; returns how
+    /// many.
     pub async fn cancel_queued_for_consent(
         &mut self,
         consent: &ConsentId,
         now: OffsetDateTime,
     ) -> Result<u64, StorageError> {
+        // Rows in flight (a live claim) are left alone: the peer may have admitted them
+        // already, and their outcome is recorded when the attempt ends. A grant notice still
+        // waiting is cancelled too: the counterpart then never learns of a consent that has
+        // already ended, and a withdrawal can never overtake its own grant.
         let sql = "UPDATE outbox SET status = 'cancelled', \
-                   status_reason = 'cancelled-consent-withdrawn', claimed_until = NULL, \
-                   updated_at = $2 WHERE consent_id = $1 AND status = 'queued' \
-                   AND message_type NOT IN ('consent.granted', 'consent.withdrawn')";
+                   status_reason = 'cancelled-consent-withdrawn', updated_at = $2 \
+                   WHERE consent_id = $1 AND status = 'queued' \
+                   AND (claimed_until IS NULL OR claimed_until < $2) \
+                   AND message_type <> 'consent.withdrawn'";
         let rows = on_each_engine!(self, WriteTx, |tx| {
             sqlx::query(sql)
                 .bind(consent.as_str())

@@ -197,7 +197,8 @@ async fn a_summary_pushed_at_the_club_reaches_the_inbox_and_the_timeline_with_a_
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(club_kinds, ["consent", "sent"], "{club}");
-    // An unknown child is not found (and the attempt is audited).
+    // An unknown child is out of the caseworker's scope, like any other child they may not
+    // read (and the attempt is audited).
     let (status, _) = local(
         &fed,
         KOMMUNE,
@@ -207,7 +208,7 @@ async fn a_summary_pushed_at_the_club_reaches_the_inbox_and_the_timeline_with_a_
         None,
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 403);
     fed.stop().await;
 }
 

@@ -899,6 +899,10 @@ async fn bad_consent_requests_are_refused_and_record_nothing() {
     too_long["valid_until"] = json!(date(400));
     let mut lateral = good.clone();
     lateral["counterpart"] = json!(OTHER_KOMMUNE);
+    let mut kept_too_long = good.clone();
+    kept_too_long["retention_at_recipient_days"] = json!(3000);
+    let mut no_retention = good.clone();
+    no_retention["retention_at_recipient_days"] = json!(0);
     let mut unknown_purpose = good.clone();
     unknown_purpose["purposes"] = json!([{"id": "familieklub", "version": 1}]);
     let cases = [
@@ -907,6 +911,8 @@ async fn bad_consent_requests_are_refused_and_record_nothing() {
         (too_long, 422, "consent-validity-invalid"),
         (lateral, 403, "direction-not-allowed"),
         (unknown_purpose, 403, "purpose-unknown"),
+        (kept_too_long, 422, "retention-too-long"),
+        (no_retention, 400, "malformed-request"),
     ];
     for (body, status, reason) in cases {
         let (got, problem) = post(body, &[Role::ConsentAdmin]).await;

@@ -113,9 +113,10 @@ fn rule() -> impl Strategy<Value = PurposeRule> {
             0..=3,
         ),
         prop::sample::select(vec![30u32, 365, 730]),
+        prop::sample::select(vec![90u32, 365]),
     )
         .prop_map(
-            |(id, version, active, flow, allowed, max_days)| PurposeRule {
+            |(id, version, active, flow, allowed, max_days, max_retention)| PurposeRule {
                 purpose: purpose(id, version),
                 status: if active {
                     PurposeStatus::Active
@@ -128,6 +129,7 @@ fn rule() -> impl Strategy<Value = PurposeRule> {
                     .map(|(t, fields)| (t, fields.into_iter().map(String::from).collect()))
                     .collect(),
                 max_consent_validity_days: max_days,
+                max_retention_days: max_retention,
             },
         )
 }
@@ -382,6 +384,7 @@ fn permitted() -> World {
                     .collect(),
             )]),
             max_consent_validity_days: 365,
+            max_retention_days: 365,
         }],
         consent: Some(ConsentFacts {
             id: CONSENT_IDS[0].parse().unwrap(),
@@ -422,7 +425,9 @@ fn break_one(reason: DenyReason) -> World {
         DenyReason::PurposeNotInConsent => consent.purposes = BTreeSet::from([purpose(1, 1)]),
         // Reasons of the consent notices, not of `decide`: the unit tests of `decide_grant`
         // break each of those.
-        DenyReason::ConsentExists | DenyReason::ConsentValidityInvalid => {
+        DenyReason::ConsentExists
+        | DenyReason::ConsentValidityInvalid
+        | DenyReason::RetentionTooLong => {
             unreachable!("not a reason of decide")
         }
     }
@@ -502,6 +507,8 @@ struct GrantWorld {
     valid_from: OffsetDateTime,
     valid_until: OffsetDateTime,
     existing: Option<ConsentFacts>,
+    withdrawn_before_granted: bool,
+    retention_days: u32,
 }
 
 fn grant_world() -> impl Strategy<Value = GrantWorld> {
@@ -518,9 +525,23 @@ fn grant_world() -> impl Strategy<Value = GrantWorld> {
             1 => (360i64..370).prop_map(time::Duration::days),
         ],
         prop::option::weighted(0.2, consent()),
+        (
+            prop::bool::weighted(0.1),
+            prop::sample::select(vec![30u32, 365, 400]),
+        ),
     )
         .prop_map(
-            |(rules, sender, recipient, (id, version), purposes, from, length, existing)| {
+            |(
+                rules,
+                sender,
+                recipient,
+                (id, version),
+                purposes,
+                from,
+                length,
+                existing,
+                (withdrawn, retention_days),
+            )| {
                 let valid_from = now() + from;
                 GrantWorld {
                     rules,
@@ -534,15 +555,18 @@ fn grant_world() -> impl Strategy<Value = GrantWorld> {
                     valid_from,
                     valid_until: valid_from + length,
                     existing,
+                    withdrawn_before_granted: withdrawn,
+                    retention_days,
                 }
             },
         )
 }
 
 /// DESIGN §5, read plainly: a grant must come from the recording party (a second grant under
-/// a held id is a conflict), between an NGO and a public authority, name only known and active
+/// a held id is a conflict), not after its own withdrawal, between an NGO and a public authority, name only known and active
 /// purposes including the envelope's, and have a validity that is neither empty, nor longer
-/// than any of its purposes allows, nor over.
+/// than any of its purposes allows, a retention no longer than any of them allows, and not be
+/// over.
 fn grant_oracle(w: &GrantWorld) -> Option<DenyReason> {
     let sender = org(w.sender);
     if let Some(held) = &w.existing {
@@ -552,19 +576,26 @@ fn grant_oracle(w: &GrantWorld) -> Option<DenyReason> {
             DenyReason::PartyNotInConsent
         });
     }
+    if w.withdrawn_before_granted {
+        return Some(DenyReason::ConsentNotActive);
+    }
     let ngo = |i: usize| ORGS[i].1 == OrgKind::Ngo;
     if ngo(w.sender) == ngo(w.recipient) {
         return Some(DenyReason::DirectionNotAllowed);
     }
     let catalogue = Catalogue::new(w.rules.clone());
     let mut shortest = i64::MAX;
+    let mut keep_at_most = u32::MAX;
     for p in &w.purposes {
         match catalogue.rule(p) {
             None => return Some(DenyReason::PurposeUnknown),
             Some(rule) if rule.status != PurposeStatus::Active => {
                 return Some(DenyReason::PurposeInactive);
             }
-            Some(rule) => shortest = shortest.min(i64::from(rule.max_consent_validity_days)),
+            Some(rule) => {
+                shortest = shortest.min(i64::from(rule.max_consent_validity_days));
+                keep_at_most = keep_at_most.min(rule.max_retention_days);
+            }
         }
     }
     if !w.purposes.contains(&w.purpose) {
@@ -573,6 +604,9 @@ fn grant_oracle(w: &GrantWorld) -> Option<DenyReason> {
     let length = w.valid_until - w.valid_from;
     if length <= time::Duration::ZERO || length > time::Duration::days(shortest) {
         return Some(DenyReason::ConsentValidityInvalid);
+    }
+    if w.retention_days > keep_at_most {
+        return Some(DenyReason::RetentionTooLong);
     }
     if now() >= w.valid_until {
         return Some(DenyReason::ConsentExpired);
@@ -594,6 +628,8 @@ fn run_grant(w: &GrantWorld) -> Decision {
             purposes: &w.purposes,
             valid_from: w.valid_from,
             valid_until: w.valid_until,
+            retention_days: w.retention_days,
+            withdrawn_before_granted: w.withdrawn_before_granted,
         },
         &Catalogue::new(w.rules.clone()),
         w.existing.as_ref(),
@@ -647,11 +683,13 @@ fn the_generated_grants_cover_every_outcome() {
         None,
         Some(DenyReason::ConsentExists),
         Some(DenyReason::PartyNotInConsent),
+        Some(DenyReason::ConsentNotActive),
         Some(DenyReason::DirectionNotAllowed),
         Some(DenyReason::PurposeUnknown),
         Some(DenyReason::PurposeInactive),
         Some(DenyReason::PurposeNotInConsent),
         Some(DenyReason::ConsentValidityInvalid),
+        Some(DenyReason::RetentionTooLong),
         Some(DenyReason::ConsentExpired),
     ] {
         assert!(seen.contains(&reason), "never generated: {reason:?}");

@@ -196,7 +196,7 @@ async fn the_transparency_page_tells_the_family_what_was_shared_in_a_real_browse
         "Samtykket gælder",
         "Henvisning til et tilbud",
         "Opsummering af fremmøde i klubben",
-        "Sendt",
+        "Godkendt til afsendelse",
         "Modtaget",
         "Sådan trækker I samtykket tilbage",
     ] {
