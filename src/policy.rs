@@ -411,8 +411,11 @@ pub fn decide_grant(
     if !grant.purposes.contains(grant.purpose) {
         return deny(DenyReason::PurposeNotInConsent);
     }
-    let longest = time::Duration::days(i64::from(max_days));
-    if grant.valid_until <= grant.valid_from || grant.valid_until - grant.valid_from > longest {
+    // The validity in calendar days: the instants are Danish midnights, which lie 23 to 25
+    // hours apart around the summer-time switches, so the span is rounded to whole days.
+    let length = grant.valid_until - grant.valid_from;
+    let days = (length.whole_hours() + 12).div_euclid(24);
+    if length <= time::Duration::ZERO || days > i64::from(max_days) {
         return deny(DenyReason::ConsentValidityInvalid);
     }
     if grant.retention_days > max_retention {
@@ -751,6 +754,22 @@ mod tests {
                 Some(DenyReason::ConsentValidityInvalid)
             );
         }
+        // 365 calendar days across the switch to winter time are 365 days and one hour.
+        let across_the_switch = Grant {
+            valid_from: datetime!(2027-10-30 22:00 UTC),
+            valid_until: datetime!(2028-10-29 23:00 UTC),
+            ..grant.clone()
+        };
+        assert_eq!(
+            decide_grant(
+                &across_the_switch,
+                &active,
+                None,
+                datetime!(2027-11-01 00:00 UTC)
+            )
+            .reason(),
+            None
+        );
         let kept_too_long = Grant {
             retention_days: 731,
             ..grant.clone()

@@ -601,8 +601,11 @@ fn grant_oracle(w: &GrantWorld) -> Option<DenyReason> {
     if !w.purposes.contains(&w.purpose) {
         return Some(DenyReason::PurposeNotInConsent);
     }
+    // Validity counts calendar days: the span rounded to whole days (Danish midnights are 23
+    // to 25 hours apart around the summer-time switches).
     let length = w.valid_until - w.valid_from;
-    if length <= time::Duration::ZERO || length > time::Duration::days(shortest) {
+    let whole_days = (length.whole_seconds() as f64 / 86_400.0).round() as i64;
+    if length <= time::Duration::ZERO || whole_days > shortest {
         return Some(DenyReason::ConsentValidityInvalid);
     }
     if w.retention_days > keep_at_most {
