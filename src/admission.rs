@@ -622,6 +622,10 @@ pub async fn admit_outbound(
 ) -> Result<Admission, Problem> {
     let me = state.identity.org.clone();
     let now = state.clock.now();
+    // With an expired manifest nobody is a member: nothing is accepted for sending.
+    if state.manifest.snapshot().is_expired(now) {
+        return Err(Problem::manifest_expired());
+    }
     let item_sha256 = sha256_hex(&serde_json::to_vec(item).map_err(|e| Problem::internal(&e))?);
     record.decision = Some(AuditDecision::Deny);
     let client_id: Option<MessageId> = item

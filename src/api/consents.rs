@@ -331,6 +331,10 @@ pub async fn record(
         ));
     }
     let manifest = state.manifest.snapshot();
+    // With an expired manifest nobody is a member: no consent can be recorded for one.
+    if manifest.is_expired(state.clock.now()) {
+        return Err(Problem::manifest_expired());
+    }
     let counterpart_kind = manifest
         .member(&counterpart)
         .map(|m| m.kind)
