@@ -15,8 +15,9 @@ use std::time::Duration;
 
 /// Environment variables with this prefix override fields of the file.
 pub const ENV_PREFIX: &str = "BROBYGGER_";
-/// Variables with this prefix belong to the test harness and are never read as overrides.
-const ENV_TEST_PREFIX: &str = "BROBYGGER_TEST_";
+/// Variables with these prefixes belong to the test harness and the developer tooling (e.g.
+/// `BROBYGGER_UPDATE_OPENAPI`), and are never read as overrides.
+const ENV_TOOLING_PREFIXES: [&str; 2] = ["BROBYGGER_TEST_", "BROBYGGER_UPDATE_"];
 
 /// What is wrong with a configuration, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -252,7 +253,10 @@ impl Config {
     /// Reads, overrides from the process environment, and parses a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let overrides: Vec<(String, String)> = std::env::vars()
-            .filter(|(name, _)| name.starts_with(ENV_PREFIX) && !name.starts_with(ENV_TEST_PREFIX))
+            .filter(|(name, _)| {
+                name.starts_with(ENV_PREFIX)
+                    && !ENV_TOOLING_PREFIXES.iter().any(|p| name.starts_with(p))
+            })
             .collect();
         Self::load_with_overrides(path, &overrides)
     }

@@ -10,6 +10,7 @@ pub mod audited;
 pub mod boundary;
 pub mod cli;
 pub mod config;
+pub mod config_reference;
 pub mod consent;
 pub mod cpr;
 pub mod delivery;

@@ -164,6 +164,11 @@ enum Change {
         at: OffsetDateTime,
     },
     PurgeExpired(OffsetDateTime),
+    Tombstone {
+        consent: ConsentId,
+        sender: OrgId,
+        at: OffsetDateTime,
+    },
 }
 
 /// What a commit knows when it applies changes: its entries, tree and signed checkpoint.
@@ -320,6 +325,16 @@ impl StateChange {
         Self(Change::CancelQueued { consent, at })
     }
 
+    /// Remembers a withdrawal of a consent this node does not hold, so that its grant, should
+    /// it arrive later, is refused.
+    pub fn tombstone(consent: ConsentId, sender: OrgId, at: OffsetDateTime) -> Self {
+        Self(Change::Tombstone {
+            consent,
+            sender,
+            at,
+        })
+    }
+
     /// Deletes received messages whose retention ended (the count is the result).
     pub fn purge_expired(now: OffsetDateTime) -> Self {
         Self(Change::PurgeExpired(now))
@@ -381,12 +396,12 @@ impl StateChange {
             }
             Change::StoreInbound(message) => tx.insert_inbox(message, audit_idx).await,
             Change::RecordConsent(consent) => {
+                // A racing grant under the same id (decided before either committed) records
+                // nothing: the first one stands, and one job's conflict never fails the whole
+                // group commit for everyone else.
                 let inserted = tx.insert_consent(consent).await?;
                 if inserted == 0 {
-                    return Err(StorageError::Invariant(format!(
-                        "consent {} exists already",
-                        consent.record.id
-                    )));
+                    return Ok(0);
                 }
                 for event in &consent.record.events {
                     tx.append_consent_event(
@@ -433,6 +448,11 @@ impl StateChange {
                 tx.cancel_queued_for_consent(consent, *at).await
             }
             Change::PurgeExpired(now) => tx.purge_expired_inbox(*now).await,
+            Change::Tombstone {
+                consent,
+                sender,
+                at,
+            } => tx.insert_consent_tombstone(consent, sender, *at).await,
         }
     }
 }

@@ -126,7 +126,8 @@ pub struct NoticeViewV1 {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WithdrawRequestV1 {
-    /// `withdrawn-by-subject` (the family withdrew) or `revoked` (someone else ended it).
+    /// How the consent ended: `withdrawn-by-subject` (the family withdrew), `revoked` (someone
+    /// else ended it), `expired` or `invalidated` (it was found not to be valid).
     pub event: ConsentEndV1,
 }
 

@@ -226,8 +226,11 @@ pub async fn mark_delivered_many(
     delivered: &[(String, String)],
     now: OffsetDateTime,
 ) -> Result<u64, StorageError> {
+    // A message cancelled by a withdrawal while it was in flight, and admitted by the peer all
+    // the same, was delivered: the record says so, with its receipt.
     let sql = "UPDATE outbox SET status = 'delivered', receipt = $2, claimed_until = NULL, \
-               attempts = attempts + 1, updated_at = $3 WHERE message_id = $1 AND status = 'queued'";
+               attempts = attempts + 1, updated_at = $3 \
+               WHERE message_id = $1 AND status IN ('queued', 'cancelled')";
     let now = db_time(now);
     let changed = on_each_engine!(db, Database, |pool| {
         let mut tx = pool.begin().await?;
@@ -370,14 +373,14 @@ impl WriteTx {
         consent: &ConsentId,
         now: OffsetDateTime,
     ) -> Result<u64, StorageError> {
-        // Rows in flight (a live claim) are left alone: the peer may have admitted them
-        // already, and their outcome is recorded when the attempt ends. A grant notice still
-        // waiting is cancelled too: the counterpart then never learns of a consent that has
-        // already ended, and a withdrawal can never overtake its own grant.
+        // Rows in flight are cancelled too: if the peer admitted one before it learnt of the
+        // withdrawal, the delivery is recorded when its attempt ends (`mark_delivered_many`
+        // lets the truth win). A grant notice still waiting is cancelled as well: the
+        // counterpart then never learns of a consent that has already ended, and a withdrawal
+        // can never overtake its own grant.
         let sql = "UPDATE outbox SET status = 'cancelled', \
                    status_reason = 'cancelled-consent-withdrawn', updated_at = $2 \
                    WHERE consent_id = $1 AND status = 'queued' \
-                   AND (claimed_until IS NULL OR claimed_until < $2) \
                    AND message_type <> 'consent.withdrawn'";
         let rows = on_each_engine!(self, WriteTx, |tx| {
             sqlx::query(sql)

@@ -13,6 +13,7 @@ mod config_errors;
 mod crash;
 mod delivery;
 mod demo;
+mod docs_examples;
 mod exchange;
 mod local_api_auth;
 mod manifest_rules;
