@@ -25,9 +25,24 @@ fn render_in_chromium(html: &str, name: &str) -> String {
     let page = dir.join(format!("{name}.html"));
     std::fs::write(&page, html).unwrap();
     let url = format!("file://{}", page.display());
+    let profile = tempfile::tempdir().unwrap();
+    let profile = profile.path().to_path_buf();
     let chromium = |args: &[&str]| {
         Command::new("chromium")
-            .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"])
+            // No background networking: this machine's network is closed, and the page needs
+            // none.
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
             .args(args)
             .arg(&url)
             .output()
