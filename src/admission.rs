@@ -41,6 +41,9 @@ pub struct Decided {
     pub record: AuditRecord,
     pub changes: Vec<StateChange>,
     pub outcome: Outcome,
+    /// Keeps other copies of this message waiting until this decision is committed: drop it
+    /// after the append.
+    pub in_flight: Option<InFlightGuard>,
 }
 
 /// What to answer once the decision is durable.
@@ -193,6 +196,7 @@ impl Refuse<'_> {
             record,
             changes,
             outcome: Outcome::Refused(problem),
+            in_flight: None,
         }))
     }
 }
@@ -227,8 +231,29 @@ async fn consent_facts(
         .map_err(|e| Problem::unavailable(&e))
 }
 
-/// Admits (or refuses) one envelope from an authenticated peer.
+/// Admits (or refuses) one envelope from an authenticated peer. Another copy of the same message
+/// being decided at the same time waits for that decision and then gets its answer.
 pub async fn admit_inbound(
+    state: &NodeState,
+    peer: &Member,
+    bytes: &[u8],
+) -> Result<Admission, Problem> {
+    let message_id = (bytes.len() <= boundary::MAX_ENVELOPE_BYTES)
+        .then(|| serde_json::from_slice::<Value>(bytes).ok())
+        .flatten()
+        .and_then(|document| header(&document).message_id);
+    let guard = match &message_id {
+        Some(id) => Some(state.in_flight.enter(&peer.org, id).await),
+        None => None,
+    };
+    let mut admission = admit_inbound_unguarded(state, peer, bytes).await?;
+    if let Admission::Decided(decided) = &mut admission {
+        decided.in_flight = guard;
+    }
+    Ok(admission)
+}
+
+async fn admit_inbound_unguarded(
     state: &NodeState,
     peer: &Member,
     bytes: &[u8],
@@ -574,6 +599,7 @@ fn admitted(
             message_id: envelope.message_id.clone(),
             ack,
         },
+        in_flight: None,
     }))
 }
 
@@ -614,8 +640,29 @@ pub fn new_message_id(state: &NodeState) -> Result<MessageId, Problem> {
 
 /// Admits (or refuses) one message a local system submits, with the checks a receiver runs
 /// (DESIGN §5, "the same checks run outbound"), so a bad message is refused before it is
-/// queued. `record` is the audit record with the actor filled in.
+/// queued. `record` is the audit record with the actor filled in. Another copy of the same
+/// client message id being decided at the same time waits for that decision.
 pub async fn admit_outbound(
+    state: &NodeState,
+    record: AuditRecord,
+    item: &Value,
+) -> Result<Admission, Problem> {
+    let client_id: Option<MessageId> = item
+        .get("message_id")
+        .and_then(Value::as_str)
+        .and_then(|id| id.parse().ok());
+    let guard = match &client_id {
+        Some(id) => Some(state.in_flight.enter(&state.identity.org, id).await),
+        None => None,
+    };
+    let mut admission = admit_outbound_unguarded(state, record, item).await?;
+    if let Admission::Decided(decided) = &mut admission {
+        decided.in_flight = guard;
+    }
+    Ok(admission)
+}
+
+async fn admit_outbound_unguarded(
     state: &NodeState,
     mut record: AuditRecord,
     item: &Value,
@@ -650,6 +697,7 @@ pub async fn admit_outbound(
             record,
             changes,
             outcome: Outcome::Refused(problem),
+            in_flight: None,
         }))
     };
     // A retry of a message with the client's id gets the first answer.
@@ -810,5 +858,61 @@ pub async fn admit_outbound(
             message_id,
             ack: None,
         },
+        in_flight: None,
     })))
+}
+
+// ----- One decision at a time per message -----
+
+/// The message ids being decided right now, per sender: a second copy of a message that
+/// arrives while the first is still being decided (say, a sender that restarted and sent again)
+/// waits, and then gets the first answer from the replay table instead of a second decision.
+/// Within one node; replicas on one PostgreSQL database can still decide a copy twice (the
+/// effects stay single, the log then holds two entries).
+#[derive(Debug, Default)]
+pub struct InFlight {
+    keys: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    released: tokio::sync::Notify,
+}
+
+/// Held while one message is decided and committed; releases the id when dropped.
+pub struct InFlightGuard {
+    owner: std::sync::Arc<InFlight>,
+    key: (String, String),
+}
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, String)>> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until no other copy of `message_id` from `sender` is being decided, then claims it.
+    pub async fn enter(
+        self: &std::sync::Arc<Self>,
+        sender: &OrgId,
+        message_id: &MessageId,
+    ) -> InFlightGuard {
+        let key = (sender.to_string(), message_id.to_string());
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.lock().insert(key.clone()) {
+                return InFlightGuard {
+                    owner: self.clone(),
+                    key,
+                };
+            }
+            released.await;
+        }
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.owner.lock().remove(&self.key);
+        self.owner.released.notify_waiters();
+    }
 }

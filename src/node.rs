@@ -93,6 +93,8 @@ pub struct NodeState {
     pub delivery_stats: crate::delivery::DeliveryStats,
     /// One circuit breaker per peer, for the delivery worker.
     pub breakers: crate::delivery::Breakers,
+    /// The message ids being decided right now (one decision per message at a time).
+    pub in_flight: std::sync::Arc<crate::admission::InFlight>,
     /// The peers' verified audit checkpoints: receipts waiting for a proof, and the alarm
     /// counter (the checkpoints themselves are in the database).
     pub peer_logs: crate::peer_logs::PeerLogs,
@@ -329,6 +331,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
         delivery_wake: tokio::sync::Notify::new(),
         delivery_stats: crate::delivery::DeliveryStats::default(),
         breakers: crate::delivery::Breakers::default(),
+        in_flight: std::sync::Arc::default(),
         peer_logs: crate::peer_logs::PeerLogs::default(),
     });
     let config = &state.config;
