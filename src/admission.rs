@@ -21,7 +21,8 @@ use crate::policy::{self, Decision, Denial, Exchange, Grant, Permit};
 use crate::problem::Problem;
 use crate::storage::{self, NewConsent, NewInboxMessage, SeenMessage};
 use crate::wire::{
-    AckActionKindV1, BodyV1, ConsentEndV1, EnvelopeV1, PurposeRefV1, RetentionBasisV1,
+    AckActionKindV1, AckActionV1, AckV1, BodyV1, ConsentEndV1, EnvelopeV1, PurposeRefV1,
+    RetentionBasisV1,
 };
 use crate::write_path::StateChange;
 use serde_json::Value;
@@ -61,6 +62,26 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct AckPlan {
     pub actions: Vec<(AckActionKindV1, usize, Option<RetentionBasisV1>)>,
+}
+
+impl AckPlan {
+    /// The acknowledgement of withdrawal notice `message_id`, with the counts the changes
+    /// returned (`counts[position]`) and the time `at`.
+    pub fn fill(&self, message_id: &MessageId, counts: &[u64], at: String) -> AckV1 {
+        AckV1 {
+            in_reply_to: message_id.to_string(),
+            actions: self
+                .actions
+                .iter()
+                .map(|(action, position, basis)| AckActionV1 {
+                    action: *action,
+                    count: counts.get(*position).copied().unwrap_or(0),
+                    basis: *basis,
+                })
+                .collect(),
+            at,
+        }
+    }
 }
 
 /// The fields of a document that admission reads before the schema: who claims to send it, to

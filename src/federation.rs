@@ -15,7 +15,7 @@ use crate::manifest::Member;
 use crate::node::NodeState;
 use crate::problem::Problem;
 use crate::storage::SeenMessage;
-use crate::wire::{AckActionV1, AckV1, ReceiptV1};
+use crate::wire::{AckV1, ReceiptV1};
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use futures_util::future::LocalBoxFuture;
@@ -564,19 +564,11 @@ pub fn fill_ack(
     plan: &admission::AckPlan,
     counts: &[u64],
 ) -> AckV1 {
-    AckV1 {
-        in_reply_to: message_id.to_string(),
-        actions: plan
-            .actions
-            .iter()
-            .map(|(action, position, basis)| AckActionV1 {
-                action: *action,
-                count: counts.get(*position).copied().unwrap_or(0),
-                basis: *basis,
-            })
-            .collect(),
-        at: crate::audited::audit_time(state.clock.now()),
-    }
+    plan.fill(
+        message_id,
+        counts,
+        crate::audited::audit_time(state.clock.now()),
+    )
 }
 
 /// The first answer to a replayed message: the same problem, or the same receipt.
@@ -705,10 +697,17 @@ impl PeerClients {
     }
 }
 
-/// Calls a member's `GET /fed/v1/ping` over mTLS, checking that the server is that member.
-pub async fn ping_peer(state: &NodeState, org: &OrgId) -> Result<PingResponseV1, PeerError> {
+/// Calls a member's federation route `path` over mTLS (a POST with a JSON body, or a GET),
+/// checking that the server is that member. Fails closed in this direction too: with an
+/// expired manifest nobody is a member. Returns the body of a successful answer; any other answer is
+/// [`PeerError::Refused`] with (the start of) its body.
+async fn call_peer(
+    state: &NodeState,
+    org: &OrgId,
+    path: String,
+    body: Option<Vec<u8>>,
+) -> Result<Vec<u8>, PeerError> {
     let manifest = state.manifest.snapshot();
-    // Fail closed in this direction too: with an expired manifest nobody is a member.
     if manifest.is_expired(state.clock.now()) {
         return Err(PeerError::ManifestExpired);
     }
@@ -720,23 +719,35 @@ pub async fn ping_peer(state: &NodeState, org: &OrgId) -> Result<PingResponseV1,
         org: org.clone(),
     };
     let client = state.peers.client_for(state, &expected)?;
-    let url = format!("{}/fed/v1/ping", member.endpoint.base_url());
-    let response = client
-        .get(url)
+    let url = format!("{}{path}", member.endpoint.base_url());
+    let request = match body {
+        Some(body) => client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body),
+        None => client.get(url),
+    };
+    let response = request
         .send()
         .await
         .map_err(|e| PeerError::Transport(error_chain(&e)))?;
     let status = response.status();
-    let body = response
+    let bytes = response
         .bytes()
         .await
         .map_err(|e| PeerError::Transport(error_chain(&e)))?;
     if !status.is_success() {
         return Err(PeerError::Refused {
             status: status.as_u16(),
-            body: String::from_utf8_lossy(&body).chars().take(500).collect(),
+            body: String::from_utf8_lossy(&bytes).chars().take(2000).collect(),
         });
     }
+    Ok(bytes.to_vec())
+}
+
+/// Calls a member's `GET /fed/v1/ping` over mTLS, checking that the server is that member.
+pub async fn ping_peer(state: &NodeState, org: &OrgId) -> Result<PingResponseV1, PeerError> {
+    let body = call_peer(state, org, "/fed/v1/ping".into(), None).await?;
     serde_json::from_slice(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))
 }
 
@@ -749,43 +760,16 @@ pub async fn fetch_checkpoint(
     since: Option<u64>,
     size: Option<u64>,
 ) -> Result<CheckpointAnswerV1, PeerError> {
-    let manifest = state.manifest.snapshot();
-    if manifest.is_expired(state.clock.now()) {
-        return Err(PeerError::ManifestExpired);
-    }
-    let member = manifest
-        .member(org)
-        .ok_or_else(|| PeerError::UnknownPeer(org.clone()))?;
-    let expected = NodeIdentity {
-        federation: manifest.federation.clone(),
-        org: org.clone(),
-    };
-    let client = state.peers.client_for(state, &expected)?;
-    let mut url = format!("{}/fed/v1/checkpoint", member.endpoint.base_url());
+    let mut path = "/fed/v1/checkpoint".to_owned();
     let parameters: Vec<String> = [("since", since), ("size", size)]
         .into_iter()
         .filter_map(|(name, value)| value.map(|v| format!("{name}={v}")))
         .collect();
     if !parameters.is_empty() {
-        url.push('?');
-        url.push_str(&parameters.join("&"));
+        path.push('?');
+        path.push_str(&parameters.join("&"));
     }
-    let response = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
-    if !status.is_success() {
-        return Err(PeerError::Refused {
-            status: status.as_u16(),
-            body: String::from_utf8_lossy(&body).chars().take(500).collect(),
-        });
-    }
+    let body = call_peer(state, org, path, None).await?;
     serde_json::from_slice(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))
 }
 
@@ -797,37 +781,7 @@ pub async fn send_envelope(
     org: &OrgId,
     envelope: Vec<u8>,
 ) -> Result<ReceiptV1, PeerError> {
-    let manifest = state.manifest.snapshot();
-    if manifest.is_expired(state.clock.now()) {
-        return Err(PeerError::ManifestExpired);
-    }
-    let member = manifest
-        .member(org)
-        .ok_or_else(|| PeerError::UnknownPeer(org.clone()))?;
-    let expected = NodeIdentity {
-        federation: manifest.federation.clone(),
-        org: org.clone(),
-    };
-    let client = state.peers.client_for(state, &expected)?;
-    let url = format!("{}/fed/v1/envelopes", member.endpoint.base_url());
-    let response = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(envelope)
-        .send()
-        .await
-        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
-    if !status.is_success() {
-        return Err(PeerError::Refused {
-            status: status.as_u16(),
-            body: String::from_utf8_lossy(&body).chars().take(2000).collect(),
-        });
-    }
+    let body = call_peer(state, org, "/fed/v1/envelopes".into(), Some(envelope)).await?;
     serde_json::from_slice(&body).map_err(|e| PeerError::BadAnswer(e.to_string()))
 }
 
@@ -849,18 +803,6 @@ pub async fn send_batch(
     org: &OrgId,
     envelopes: &[&[u8]],
 ) -> Result<Vec<ItemResult>, PeerError> {
-    let manifest = state.manifest.snapshot();
-    if manifest.is_expired(state.clock.now()) {
-        return Err(PeerError::ManifestExpired);
-    }
-    let member = manifest
-        .member(org)
-        .ok_or_else(|| PeerError::UnknownPeer(org.clone()))?;
-    let expected = NodeIdentity {
-        federation: manifest.federation.clone(),
-        org: org.clone(),
-    };
-    let client = state.peers.client_for(state, &expected)?;
     let mut body = Vec::with_capacity(envelopes.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
     body.push(b'[');
     for (i, envelope) in envelopes.iter().enumerate() {
@@ -870,25 +812,7 @@ pub async fn send_batch(
         body.extend_from_slice(envelope);
     }
     body.push(b']');
-    let url = format!("{}/fed/v1/envelopes", member.endpoint.base_url());
-    let response = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
-    let status = response.status();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|e| PeerError::Transport(error_chain(&e)))?;
-    if !status.is_success() {
-        return Err(PeerError::Refused {
-            status: status.as_u16(),
-            body: String::from_utf8_lossy(&bytes).chars().take(2000).collect(),
-        });
-    }
+    let bytes = call_peer(state, org, "/fed/v1/envelopes".into(), Some(body)).await?;
     let answer: BatchAnswerV1 =
         serde_json::from_slice(&bytes).map_err(|e| PeerError::BadAnswer(e.to_string()))?;
     if answer.results.len() != envelopes.len() {

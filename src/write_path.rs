@@ -194,19 +194,7 @@ impl ApplyContext<'_> {
             .ok_or_else(missing)?;
         let entry = self.batch.entries.get(offset).ok_or_else(missing)?;
         let proof = self.batch.tree.inclusion_proof(index).ok_or_else(missing)?;
-        let ack = ack.map(|(plan, at)| crate::wire::AckV1 {
-            in_reply_to: message_id.to_string(),
-            actions: plan
-                .actions
-                .iter()
-                .map(|(action, position, basis)| crate::wire::AckActionV1 {
-                    action: *action,
-                    count: counts_so_far.get(*position).copied().unwrap_or(0),
-                    basis: *basis,
-                })
-                .collect(),
-            at: at.clone(),
-        });
+        let ack = ack.map(|(plan, at)| plan.fill(message_id, counts_so_far, at.clone()));
         let receipt =
             crate::receipt::build(message_id.as_str(), index, entry, &proof, self.note, ack);
         serde_json::to_string(&receipt).map_err(|e| StorageError::Invariant(e.to_string()))

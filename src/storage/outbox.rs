@@ -197,28 +197,6 @@ pub async fn claim_due(
         .collect()
 }
 
-/// Marks a message delivered with its verified receipt (only if still queued: a withdrawal may
-/// have cancelled it meanwhile). Returns whether it changed.
-pub async fn mark_delivered(
-    db: &Database,
-    id: &str,
-    receipt: &str,
-    now: OffsetDateTime,
-) -> Result<bool, StorageError> {
-    let sql = "UPDATE outbox SET status = 'delivered', receipt = $2, claimed_until = NULL, \
-               attempts = attempts + 1, updated_at = $3 WHERE message_id = $1 AND status = 'queued'";
-    let rows = on_each_engine!(db, Database, |pool| {
-        sqlx::query(sql)
-            .bind(id)
-            .bind(receipt)
-            .bind(db_time(now))
-            .execute(pool)
-            .await?
-            .rows_affected()
-    });
-    Ok(rows == 1)
-}
-
 /// Marks several messages delivered, each with its verified receipt, in one transaction (one
 /// commit for a whole batch). Returns how many changed (a cancelled one does not).
 pub async fn mark_delivered_many(
