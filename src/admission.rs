@@ -246,7 +246,9 @@ async fn consent_facts(
     state: &NodeState,
     id: &ConsentId,
 ) -> Result<Option<ConsentRecord>, Problem> {
-    storage::consent(&state.db, id)
+    state
+        .lookups
+        .consent(id)
         .await
         .map(|c| c.map(|c| c.record))
         .map_err(|e| Problem::unavailable(&e))
@@ -259,15 +261,17 @@ pub async fn admit_inbound(
     peer: &Member,
     bytes: &[u8],
 ) -> Result<Admission, Problem> {
-    let message_id = (bytes.len() <= boundary::MAX_ENVELOPE_BYTES)
-        .then(|| serde_json::from_slice::<Value>(bytes).ok())
-        .flatten()
-        .and_then(|document| header(&document).message_id);
+    // The size limit comes first in practice: a node does not parse what it will not accept.
+    let document = boundary::parse_document(bytes);
+    let message_id = document
+        .as_ref()
+        .ok()
+        .and_then(|document| header(document).message_id);
     let guard = match &message_id {
         Some(id) => Some(state.in_flight.enter(&peer.org, id).await),
         None => None,
     };
-    let mut admission = admit_inbound_unguarded(state, peer, bytes).await?;
+    let mut admission = admit_inbound_unguarded(state, peer, bytes, document).await?;
     if let Admission::Decided(decided) = &mut admission {
         decided.in_flight = guard;
     }
@@ -278,6 +282,7 @@ async fn admit_inbound_unguarded(
     state: &NodeState,
     peer: &Member,
     bytes: &[u8],
+    document: Result<Value, boundary::Refusal>,
 ) -> Result<Admission, Problem> {
     let envelope_sha256 = sha256_hex(bytes);
     let refuse = Refuse {
@@ -286,8 +291,7 @@ async fn admit_inbound_unguarded(
         envelope_sha256: &envelope_sha256,
     };
     let now = state.clock.now();
-    // The size limit comes first in practice: a node does not parse what it will not accept.
-    let document = match boundary::parse_document(bytes) {
+    let document = match document {
         Ok(document) => document,
         Err(refusal) => return Ok(refuse.refuse(refusal_problem(refusal), None, None)),
     };
@@ -315,7 +319,7 @@ async fn admit_inbound_unguarded(
     }
     // Step 2: replay. The same id and bytes get the first answer; other bytes are a conflict.
     if let Some(id) = &header.message_id {
-        match storage::seen_message(&state.db, &peer.org, id).await {
+        match state.lookups.seen_message(&peer.org, id).await {
             Ok(Some(seen)) if seen.envelope_sha256 == envelope_sha256 => {
                 return Ok(Admission::Replay(seen, id.clone()));
             }
@@ -723,7 +727,7 @@ async fn admit_outbound_unguarded(
     };
     // A retry of a message with the client's id gets the first answer.
     if let Some(id) = &client_id {
-        match storage::seen_message(&state.db, &me, id).await {
+        match state.lookups.seen_message(&me, id).await {
             Ok(Some(seen)) if seen.envelope_sha256 == item_sha256 => {
                 return Ok(Admission::Replay(seen, id.clone()));
             }

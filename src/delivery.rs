@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-/// Rows claimed per round (for all peers together): with envelopes of at most 64 KiB, at most
-/// 8 MiB in memory, however long the backlog.
-const CLAIM_LIMIT: u32 = 128;
+/// Rows claimed per round (for all peers together): as many as a receiver takes in one batch
+/// request, so a backlog goes in full batches (one round trip and a few group commits at the
+/// receiver each); with envelopes of at most 64 KiB, at most 16 MiB in memory, however long
+/// the backlog.
+const CLAIM_LIMIT: u32 = federation::MAX_BATCH_ENVELOPES as u32;
 /// How long a claim lasts if the worker dies holding it.
 const LEASE: time::Duration = time::Duration::seconds(60);
 /// The first retry delay; it doubles with each attempt up to [`MAX_BACKOFF`].
@@ -220,29 +222,49 @@ enum Settled {
 }
 
 /// Judges one attempt: a receipt that verifies, a final refusal, or a retry.
-async fn judge_attempt(
+/// What judging a batch's receipts shares: the peer's checkpoints, each opened once, and the
+/// distinct checkpoints its verified receipts carried.
+struct ReceiptJudge<'k> {
+    checkpoints: Option<crate::receipt::OpenedCheckpoints<'k>>,
+    seen_notes: Vec<String>,
+}
+
+impl<'k> ReceiptJudge<'k> {
+    fn new(key: Option<&'k crate::signed_note::VerifierKey>) -> Self {
+        Self {
+            checkpoints: key.map(crate::receipt::OpenedCheckpoints::new),
+            seen_notes: Vec::new(),
+        }
+    }
+
+    /// The receipt's checkpoint left the peer: keep it to hold the peer's log to it.
+    async fn observe(self, state: &NodeState, peer: &OrgId) {
+        for note in &self.seen_notes {
+            crate::peer_logs::observe_receipt(state, peer, note).await;
+        }
+    }
+}
+
+fn judge_attempt(
     state: &NodeState,
     peer: &OrgId,
     message: &ClaimedMessage,
     attempt: Attempt,
+    judge: &mut ReceiptJudge<'_>,
 ) -> Settled {
     let stats = &state.delivery_stats;
     match attempt {
         Attempt::Receipt(receipt) => {
-            let key = state
-                .manifest
-                .snapshot()
-                .member(peer)
-                .map(|m| m.audit_key.clone());
-            let verified = key.as_ref().map(|key| {
-                crate::receipt::verify(&receipt, &message.message_id, &message.envelope, key)
+            let verified = judge.checkpoints.as_mut().map(|checkpoints| {
+                checkpoints.verify(&receipt, &message.message_id, &message.envelope)
             });
             match (verified, serde_json::to_string(&receipt)) {
                 (Some(Ok(_)), Ok(json)) => {
                     state.breakers.success(peer, stats);
                     DeliveryStats::add(&stats.delivered);
-                    // The receipt's checkpoint left the peer: keep it to hold its log to it.
-                    crate::peer_logs::observe_receipt(state, peer, &receipt.checkpoint).await;
+                    if !judge.seen_notes.contains(&receipt.checkpoint) {
+                        judge.seen_notes.push(receipt.checkpoint);
+                    }
                     Settled::Delivered {
                         id: message.message_id.clone(),
                         receipt: json,
@@ -329,10 +351,23 @@ fn attempt_of(result: Result<crate::wire::ReceiptV1, PeerError>) -> Attempt {
 /// Sends one peer's claimed messages: alone, or as one batch request, and records each.
 async fn deliver_to_peer(state: &NodeState, peer: &OrgId, messages: Vec<ClaimedMessage>) {
     let mut settled = Vec::with_capacity(messages.len());
+    let key = state
+        .manifest
+        .snapshot()
+        .member(peer)
+        .map(|m| m.audit_key.clone());
+    let mut judge = ReceiptJudge::new(key.as_ref());
     if let [message] = messages.as_slice() {
         let result = federation::send_envelope(state, peer, message.envelope.clone()).await;
         crate::failpoint::hit(crate::failpoint::SENDER_AFTER_SEND);
-        settled.push(judge_attempt(state, peer, message, attempt_of(result)).await);
+        settled.push(judge_attempt(
+            state,
+            peer,
+            message,
+            attempt_of(result),
+            &mut judge,
+        ));
+        judge.observe(state, peer).await;
         record(state, settled).await;
         return;
     }
@@ -348,7 +383,7 @@ async fn deliver_to_peer(state: &NodeState, peer: &OrgId, messages: Vec<ClaimedM
                         Attempt::Problem { status, body }
                     }
                 };
-                settled.push(judge_attempt(state, peer, message, attempt).await);
+                settled.push(judge_attempt(state, peer, message, attempt, &mut judge));
             }
         }
         // The request as a whole got no per-envelope answers (the peer was down, did not take
@@ -358,10 +393,11 @@ async fn deliver_to_peer(state: &NodeState, peer: &OrgId, messages: Vec<ClaimedM
             let error = e.to_string();
             for message in &messages {
                 let again = Attempt::Failed(error.clone());
-                settled.push(judge_attempt(state, peer, message, again).await);
+                settled.push(judge_attempt(state, peer, message, again, &mut judge));
             }
         }
     }
+    judge.observe(state, peer).await;
     record(state, settled).await;
 }
 

@@ -287,6 +287,61 @@ pub(crate) async fn read_limited(
     Ok(Some(body))
 }
 
+/// How much request data (in KiB) a node reads and decides at once on one side (the peers'
+/// batches, or the local submissions). Decoding and deciding a body holds several times its
+/// size, so this bounds a node's memory however many clients send large batches at once; the
+/// others wait their turn (their bodies wait in the socket).
+pub const BODY_BUDGET_KIB: u32 = 2 * 1024;
+
+/// The budget of request bodies being decided at once (see [`BODY_BUDGET_KIB`]).
+#[derive(Debug)]
+pub struct BodyBudget(tokio::sync::Semaphore);
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        Self(tokio::sync::Semaphore::new(BODY_BUDGET_KIB as usize))
+    }
+}
+
+/// A request body read within a [`BodyBudget`], which it holds until dropped.
+pub struct BudgetedBody<'a> {
+    pub bytes: Vec<u8>,
+    _reserved: tokio::sync::SemaphorePermit<'a>,
+}
+
+/// Like [`read_limited`], but first reserves the body's declared length (or `limit` if none is
+/// declared) in `budget`, in one step (so that two bodies never each hold half of what both
+/// need). A declared length over `limit` is refused at once, unread.
+pub(crate) async fn read_budgeted<'a>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    budget: &'a BodyBudget,
+) -> Result<Option<BudgetedBody<'a>>, Problem> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Ok(None);
+    }
+    let kib = u32::try_from(declared.unwrap_or(limit).div_ceil(1024))
+        .unwrap_or(BODY_BUDGET_KIB)
+        .clamp(1, BODY_BUDGET_KIB);
+    let reserved = budget
+        .0
+        .acquire_many(kib)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(read_limited(payload, limit)
+        .await?
+        .map(|bytes| BudgetedBody {
+            bytes,
+            _reserved: reserved,
+        }))
+}
+
 /// The answer to an envelope: a fresh decision (audited before it is answered), or the first
 /// answer again for a replay (whose decision was audited the first time).
 pub enum EnvelopeAnswer {
@@ -392,17 +447,20 @@ async fn answer_one(
 async fn receive_envelope(
     peer: AuthenticatedPeer,
     state: web::Data<NodeState>,
+    req: HttpRequest,
     payload: web::Payload,
 ) -> Result<EnvelopeAnswer, Problem> {
-    let Some(bytes) = read_limited(payload, MAX_BATCH_BYTES).await? else {
+    let Some(body) = read_budgeted(&req, payload, MAX_BATCH_BYTES, &state.peer_bodies).await?
+    else {
         return Err(refuse_request(&state, &peer, Problem::body_too_large(MAX_BATCH_BYTES)).await);
     };
+    let bytes = &body.bytes;
     let is_batch = bytes
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'[');
     if !is_batch {
-        let answer = answer_one(&state, &peer, &bytes).await?;
+        let answer = answer_one(&state, &peer, bytes).await?;
         let response = answer.response();
         return Ok(match answer.audit {
             Some(receipt) => EnvelopeAnswer::Fresh(Audited::new(receipt, response)),
@@ -410,9 +468,9 @@ async fn receive_envelope(
         });
     }
     // The whole batch must be one strict JSON document before any envelope is read from it.
-    let items: Vec<&serde_json::value::RawValue> = match crate::strict_json::parse(&bytes)
+    let items: Vec<&serde_json::value::RawValue> = match crate::strict_json::parse(bytes)
         .ok()
-        .and_then(|_| serde_json::from_slice(&bytes).ok())
+        .and_then(|_| serde_json::from_slice(bytes).ok())
     {
         Some(items) => items,
         None => {

@@ -73,6 +73,12 @@ pub struct NodeState {
     pub identity: NodeIdentity,
     pub manifest: ManifestHolder,
     pub db: Database,
+    /// The reads of admission, shared across concurrent requests.
+    pub lookups: crate::storage::Lookups,
+    /// The request bodies being decided at once: peers' batches and local submissions apart,
+    /// so that neither side can crowd out the other.
+    pub peer_bodies: crate::federation::BodyBudget,
+    pub local_bodies: crate::federation::BodyBudget,
     pub tls: TlsMaterial,
     pub tokens: TokenVerifier,
     pub peers: PeerClients,
@@ -297,12 +303,17 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
     let published = read_published(&published_path, &signer)?;
     check_against_published(&db, published.as_ref(), &published_path).await?;
     let audit_verifier_key = signer.verifier_key().clone();
-    let writer = Writer::spawn(
+    // On SQLite every change to a consent goes through this node's writer, so consents can be
+    // cached (the writer clears what it changed); on PostgreSQL other replicas change them too.
+    let consent_cache = matches!(db, Database::Sqlite(_))
+        .then(|| Arc::new(crate::storage::ConsentCache::default()));
+    let writer = Writer::spawn_clearing(
         db.clone(),
         Arc::new(signer),
         hmac.version(),
         published_path,
         published,
+        consent_cache.clone(),
     );
     if matches!(
         config.local_api.transport,
@@ -318,6 +329,7 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
         identity: tls.identity.clone(),
         config,
         manifest: ManifestHolder::new(manifest),
+        lookups: crate::storage::Lookups::spawn(db.clone(), consent_cache),
         db,
         tls,
         tokens,
@@ -332,6 +344,8 @@ pub async fn start(config: Config, clock: Clock) -> Result<RunningNode, StartErr
         delivery_stats: crate::delivery::DeliveryStats::default(),
         breakers: crate::delivery::Breakers::default(),
         in_flight: std::sync::Arc::default(),
+        peer_bodies: crate::federation::BodyBudget::default(),
+        local_bodies: crate::federation::BodyBudget::default(),
         peer_logs: crate::peer_logs::PeerLogs::default(),
     });
     let config = &state.config;

@@ -328,6 +328,25 @@ impl StateChange {
         Self(Change::PurgeExpired(now))
     }
 
+    /// The consent whose row or events this change alters, if any.
+    fn changed_consent(&self) -> Option<&ConsentId> {
+        match &self.0 {
+            Change::RecordConsent(consent) => Some(&consent.record.id),
+            Change::ConsentEvent { id, .. }
+            | Change::BindingFailure { id, .. }
+            | Change::Bind { id, .. } => Some(id),
+            Change::RememberReceipt { .. }
+            | Change::RememberAnswer { .. }
+            | Change::StoreInbound(_)
+            | Change::DeleteReceived(_)
+            | Change::CountReceived(_)
+            | Change::Enqueue(_)
+            | Change::CancelQueued { .. }
+            | Change::PurgeExpired(_)
+            | Change::Tombstone { .. } => None,
+        }
+    }
+
     /// Applies the change. `answer` receives a receipt built by a `remember_receipt` change.
     async fn apply(
         &self,
@@ -347,20 +366,20 @@ impl StateChange {
                 let json =
                     context.receipt_json(audit_idx, message_id, ack.as_ref(), counts_so_far)?;
                 let stored = tx
-                    .remember_message(
+                    .remember_messages(&[storage::RememberRow {
                         sender,
                         message_id,
                         envelope_sha256,
-                        storage::RememberedAnswer {
+                        answer: storage::RememberedAnswer {
                             status: 200,
                             problem: None,
                             receipt: Some(&json),
                         },
                         audit_idx,
-                    )
+                    }])
                     .await?;
                 *answer = Some(json);
-                Ok(stored)
+                Ok(stored.iter().sum())
             }
             Change::RememberAnswer {
                 sender,
@@ -369,20 +388,26 @@ impl StateChange {
                 status,
                 problem,
             } => {
-                tx.remember_message(
-                    sender,
-                    message_id,
-                    envelope_sha256,
-                    storage::RememberedAnswer {
-                        status: *status,
-                        problem: problem.as_deref(),
-                        receipt: None,
-                    },
-                    audit_idx,
-                )
-                .await
+                let stored = tx
+                    .remember_messages(&[storage::RememberRow {
+                        sender,
+                        message_id,
+                        envelope_sha256,
+                        answer: storage::RememberedAnswer {
+                            status: *status,
+                            problem: problem.as_deref(),
+                            receipt: None,
+                        },
+                        audit_idx,
+                    }])
+                    .await?;
+                Ok(stored.iter().sum())
             }
-            Change::StoreInbound(message) => tx.insert_inbox(message, audit_idx).await,
+            Change::StoreInbound(message) => Ok(tx
+                .insert_inbox_many(&[(message, audit_idx)])
+                .await?
+                .iter()
+                .sum()),
             Change::RecordConsent(consent) => {
                 // A racing grant under the same id (decided before either committed) records
                 // nothing: the first one stands, and one job's conflict never fails the whole
@@ -431,7 +456,11 @@ impl StateChange {
                 tx.bind_consent(id, local_subject_key, *at, unit.as_deref())
                     .await
             }
-            Change::Enqueue(message) => tx.enqueue_outbox(message, audit_idx).await,
+            Change::Enqueue(message) => Ok(tx
+                .enqueue_outbox_many(&[(message, audit_idx)])
+                .await?
+                .iter()
+                .sum()),
             Change::CancelQueued { consent, at } => {
                 tx.cancel_queued_for_consent(consent, *at).await
             }
@@ -442,6 +471,146 @@ impl StateChange {
                 at,
             } => tx.insert_consent_tombstone(consent, sender, *at).await,
         }
+    }
+}
+
+/// Where a change's count goes: the job and the change's position in it.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    job_no: usize,
+    position: usize,
+}
+
+/// A replay-table row waiting to be written, with its receipt built already.
+struct PendingAnswer<'a> {
+    slot: Slot,
+    sender: &'a OrgId,
+    message_id: &'a MessageId,
+    envelope_sha256: &'a str,
+    status: u16,
+    problem: Option<&'a str>,
+    receipt: Option<String>,
+    audit_idx: u64,
+}
+
+/// The common inserts of a group commit, gathered to be written many rows per statement.
+#[derive(Default)]
+struct PendingRows<'a> {
+    answers: Vec<PendingAnswer<'a>>,
+    inbox: Vec<(Slot, (&'a NewInboxMessage, u64))>,
+    outbox: Vec<(Slot, (&'a NewOutboxMessage, u64))>,
+}
+
+impl<'a> PendingRows<'a> {
+    /// Takes `change` into the pending rows if it is a common insert that depends on nothing
+    /// else in the commit; returns whether it did. A receipt is built here, so `answer` gets it
+    /// at once. A receipt with an acknowledgement needs the counts of the changes before it,
+    /// so it is not taken.
+    fn take(
+        &mut self,
+        change: &'a StateChange,
+        slot: Slot,
+        audit_idx: u64,
+        context: &ApplyContext<'_>,
+        answer: &mut Option<String>,
+    ) -> Result<bool, StorageError> {
+        match &change.0 {
+            Change::RememberReceipt {
+                sender,
+                message_id,
+                envelope_sha256,
+                ack: None,
+            } => {
+                let json = context.receipt_json(audit_idx, message_id, None, &[])?;
+                *answer = Some(json.clone());
+                self.answers.push(PendingAnswer {
+                    slot,
+                    sender,
+                    message_id,
+                    envelope_sha256,
+                    status: 200,
+                    problem: None,
+                    receipt: Some(json),
+                    audit_idx,
+                });
+            }
+            Change::RememberAnswer {
+                sender,
+                message_id,
+                envelope_sha256,
+                status,
+                problem,
+            } => self.answers.push(PendingAnswer {
+                slot,
+                sender,
+                message_id,
+                envelope_sha256,
+                status: *status,
+                problem: problem.as_deref(),
+                receipt: None,
+                audit_idx,
+            }),
+            Change::StoreInbound(message) => self.inbox.push((slot, (message, audit_idx))),
+            Change::Enqueue(message) => self.outbox.push((slot, (message.as_ref(), audit_idx))),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Writes the pending rows, one statement per table (per thousand rows), and puts each
+    /// row's count in its slot.
+    async fn write(
+        &mut self,
+        tx: &mut WriteTx,
+        counts: &mut [Vec<u64>],
+    ) -> Result<(), StorageError> {
+        let mut place = |slot: Slot, count: u64| {
+            if let Some(cell) = counts
+                .get_mut(slot.job_no)
+                .and_then(|job| job.get_mut(slot.position))
+            {
+                *cell = count;
+            }
+        };
+        if !self.answers.is_empty() {
+            let rows: Vec<storage::RememberRow<'_>> = self
+                .answers
+                .iter()
+                .map(|p| storage::RememberRow {
+                    sender: p.sender,
+                    message_id: p.message_id,
+                    envelope_sha256: p.envelope_sha256,
+                    answer: storage::RememberedAnswer {
+                        status: p.status,
+                        problem: p.problem,
+                        receipt: p.receipt.as_deref(),
+                    },
+                    audit_idx: p.audit_idx,
+                })
+                .collect();
+            let stored = tx.remember_messages(&rows).await?;
+            for (pending, count) in self.answers.iter().zip(stored) {
+                place(pending.slot, count);
+            }
+            self.answers.clear();
+        }
+        if !self.inbox.is_empty() {
+            let rows: Vec<_> = self.inbox.iter().map(|(_, row)| *row).collect();
+            let stored = tx.insert_inbox_many(&rows).await?;
+            for ((slot, _), count) in self.inbox.iter().zip(stored) {
+                place(*slot, count);
+            }
+            self.inbox.clear();
+        }
+        if !self.outbox.is_empty() {
+            let rows: Vec<_> = self.outbox.iter().map(|(_, row)| *row).collect();
+            let stored = tx.enqueue_outbox_many(&rows).await?;
+            for ((slot, _), count) in self.outbox.iter().zip(stored) {
+                place(*slot, count);
+            }
+            self.outbox.clear();
+        }
+        Ok(())
     }
 }
 
@@ -672,6 +841,26 @@ impl Writer {
         published_path: PathBuf,
         published: Option<Checkpoint>,
     ) -> Writer {
+        Self::spawn_clearing(
+            db,
+            signer,
+            hmac_key_version,
+            published_path,
+            published,
+            None,
+        )
+    }
+
+    /// Like [`Writer::spawn`], and after each commit clears `consent_cache` of every consent
+    /// the commit changed.
+    pub fn spawn_clearing(
+        db: Database,
+        signer: Arc<NoteSigner>,
+        hmac_key_version: u32,
+        published_path: PathBuf,
+        published: Option<Checkpoint>,
+        consent_cache: Option<Arc<storage::ConsentCache>>,
+    ) -> Writer {
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(WriterStats::default());
@@ -686,6 +875,7 @@ impl Writer {
             last_publish: None,
             last_history: None,
             publish_failing_since: None,
+            consent_cache,
         };
         let task = tokio::spawn(state.run(receiver, stop_rx));
         Writer {
@@ -717,6 +907,8 @@ struct WriterState {
     last_history: Option<Instant>,
     /// Since when writing the state file has failed, if it does.
     publish_failing_since: Option<Instant>,
+    /// Consents as the lookups keep them; cleared of what each commit changed.
+    consent_cache: Option<Arc<storage::ConsentCache>>,
 }
 
 impl WriterState {
@@ -910,23 +1102,47 @@ impl WriterState {
         };
         // Each job's changes carry the index of the job's first record: the entry that
         // records the decision behind them.
-        let mut counts = Vec::with_capacity(jobs.len());
+        // The common inserts (replay rows, inbox rows, outbox rows) wait in `pending` and go
+        // in as multi-row statements: with SQLite each statement is a hop to the driver's
+        // thread (DESIGN §11). Any other change first writes what is pending, so every change
+        // still sees the ones before it, in order.
+        let mut counts: Vec<Vec<u64>> = Vec::with_capacity(jobs.len());
         let mut answers = Vec::with_capacity(jobs.len());
+        let mut pending = PendingRows::default();
         let mut job_first = first;
-        for job in jobs {
-            let mut job_counts = Vec::with_capacity(job.changes.len());
+        for (job_no, job) in jobs.iter().enumerate() {
+            counts.push(Vec::with_capacity(job.changes.len()));
             let mut answer = None;
-            for change in &job.changes {
-                let count = change
-                    .apply(&mut tx, job_first, &context, &job_counts, &mut answer)
-                    .await
-                    .map_err(storage_error)?;
-                job_counts.push(count);
+            for (position, change) in job.changes.iter().enumerate() {
+                let slot = Slot { job_no, position };
+                let count = if pending
+                    .take(change, slot, job_first, &context, &mut answer)
+                    .map_err(storage_error)?
+                {
+                    // Filled in when the pending rows are written.
+                    0
+                } else {
+                    pending
+                        .write(&mut tx, &mut counts)
+                        .await
+                        .map_err(storage_error)?;
+                    let so_far = counts.get(job_no).map(Vec::as_slice).unwrap_or_default();
+                    change
+                        .apply(&mut tx, job_first, &context, so_far, &mut answer)
+                        .await
+                        .map_err(storage_error)?
+                };
+                if let Some(job_counts) = counts.get_mut(job_no) {
+                    job_counts.push(count);
+                }
             }
-            counts.push(job_counts);
             answers.push(answer);
             job_first += job.records.len() as u64;
         }
+        pending
+            .write(&mut tx, &mut counts)
+            .await
+            .map_err(storage_error)?;
         let keep_history = self
             .last_history
             .is_none_or(|t| t.elapsed() >= HISTORY_INTERVAL);
@@ -934,6 +1150,16 @@ impl WriterState {
             .await
             .map_err(storage_error)?;
         tx.commit().await.map_err(storage_error)?;
+        if let Some(cache) = &self.consent_cache {
+            let changed: Vec<&ConsentId> = jobs
+                .iter()
+                .flat_map(|job| &job.changes)
+                .filter_map(StateChange::changed_consent)
+                .collect();
+            if !changed.is_empty() {
+                cache.forget(changed);
+            }
+        }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .records

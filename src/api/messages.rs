@@ -243,15 +243,17 @@ fn single_response(result: &SubmittedV1) -> HttpResponse {
 pub async fn submit(
     actor: Actor,
     state: web::Data<NodeState>,
+    req: HttpRequest,
     payload: web::Payload,
 ) -> Result<SubmitAnswer, Problem> {
     actor
         .require(&state, "/api/v1/messages", &[Role::Submitter])
         .await?;
-    let bytes = crate::federation::read_limited(payload, MAX_SUBMISSION_BYTES)
-        .await?
-        .ok_or_else(|| Problem::body_too_large(MAX_SUBMISSION_BYTES))?;
-    let document = crate::strict_json::parse(&bytes).map_err(|e| {
+    let body =
+        crate::federation::read_budgeted(&req, payload, MAX_SUBMISSION_BYTES, &state.local_bodies)
+            .await?
+            .ok_or_else(|| Problem::body_too_large(MAX_SUBMISSION_BYTES))?;
+    let document = crate::strict_json::parse(&body.bytes).map_err(|e| {
         Problem::malformed_request(format!(
             "not a single strict JSON document: {}",
             crate::strict_json::describe(&e)

@@ -136,7 +136,7 @@ impl WriteTx {
                             .push_bind(entry.clone())
                             .push_bind(leaf.to_vec());
                     });
-                    builder.build().execute(&mut **tx).await?;
+                    builder.build().persistent(false).execute(&mut **tx).await?;
                 }
                 WriteTx::Postgres(tx) => {
                     // One fixed statement with three array parameters, whatever the row count:

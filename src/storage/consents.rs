@@ -6,7 +6,7 @@ use super::db_time as format_time;
 use super::{Database, StorageError, WriteTx};
 use crate::consent::{ConsentEvent, ConsentRecord};
 use crate::domain::{ConsentId, OrgId, PurposeId, PurposeRef};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -110,41 +110,130 @@ type ConsentRow = (
     String,
 );
 
-const CONSENT_QUERY: &str = "SELECT consent_id, subject_ref, recording_org, counterpart, purposes, \
+// Each query ends in `WHERE consent_id`: the caller adds `IN (...)` (SQLite) or `= ANY($1)`
+// (PostgreSQL) for the ids it reads.
+const CONSENTS_QUERY: &str = "SELECT consent_id, subject_ref, recording_org, counterpart, purposes, \
      terms, valid_from, valid_until, retention_days, local_subject_key, bound_at, binding_code_hash, \
      binding_failures, binding_failures_total, binding_locked_until, created_at \
-     FROM consents WHERE consent_id = $1";
+     FROM consents WHERE consent_id";
 // Separate, because a row tuple holds at most 16 columns.
-const UNITS_QUERY: &str = "SELECT recorded_unit, bound_unit FROM consents WHERE consent_id = $1";
-const EVENTS_QUERY: &str = "SELECT event, at, recorded_by FROM consent_events \
-     WHERE consent_id = $1 ORDER BY seq";
+const UNITS_QUERY: &str =
+    "SELECT consent_id, recorded_unit, bound_unit FROM consents WHERE consent_id";
+const EVENTS_QUERY: &str =
+    "SELECT consent_id, event, at, recorded_by FROM consent_events WHERE consent_id";
+const EVENTS_ORDER: &str = " ORDER BY consent_id, seq";
+
+type UnitsRow = (String, Option<String>, Option<String>);
+type EventRow = (String, String, String, String);
+
+/// Ids per read statement: far below SQLite's limit of 32,766 bound parameters.
+const IDS_PER_STATEMENT: usize = 1_000;
+
+/// `head IN (?, ?, ...) tail` for SQLite, with the keys bound.
+fn sqlite_in(head: &str, keys: &[String], tail: &str) -> sqlx::QueryBuilder<sqlx::Sqlite> {
+    let mut builder = sqlx::QueryBuilder::new(head);
+    builder.push(" IN (");
+    let mut list = builder.separated(", ");
+    for key in keys {
+        list.push_bind(key.clone());
+    }
+    builder.push(")");
+    builder.push(tail);
+    builder
+}
 
 /// The consent with this id and its events, if this node holds it.
 pub async fn consent(db: &Database, id: &ConsentId) -> Result<Option<StoredConsent>, StorageError> {
-    type Units = (Option<String>, Option<String>);
-    type EventRow = (String, String, String);
-    type Read = (Option<ConsentRow>, Option<Units>, Vec<EventRow>);
-    let (row, units, events): Read = on_each_engine!(db, Database, |pool| {
-        // One read transaction, so the three reads see the same consent.
-        let mut tx = pool.begin().await?;
-        let row = sqlx::query_as(CONSENT_QUERY)
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let units = sqlx::query_as(UNITS_QUERY)
-            .bind(id.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        let events = sqlx::query_as(EVENTS_QUERY)
-            .bind(id.as_str())
-            .fetch_all(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        (row, units, events)
-    });
-    let (Some(row), Some((recorded_unit, bound_unit))) = (row, units) else {
-        return Ok(None);
-    };
+    Ok(consents(db, &[id]).await?.remove(id))
+}
+
+/// The consents with these ids that this node holds, with their events, by id. Each chunk of
+/// ids is read in one read transaction, so a consent and its events are read together.
+pub async fn consents(
+    db: &Database,
+    ids: &[&ConsentId],
+) -> Result<HashMap<ConsentId, StoredConsent>, StorageError> {
+    let mut found = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        let keys: Vec<String> = chunk.iter().map(|id| id.as_str().to_owned()).collect();
+        let (rows, units, events): (Vec<ConsentRow>, Vec<UnitsRow>, Vec<EventRow>) = match db {
+            Database::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let rows = sqlite_in(CONSENTS_QUERY, &keys, "")
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let units = sqlite_in(UNITS_QUERY, &keys, "")
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let events = sqlite_in(EVENTS_QUERY, &keys, EVENTS_ORDER)
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                (rows, units, events)
+            }
+            Database::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let rows = sqlx::query_as(concat!(
+                    "SELECT consent_id, subject_ref, recording_org, counterpart, purposes, \
+                     terms, valid_from, valid_until, retention_days, local_subject_key, bound_at, \
+                     binding_code_hash, binding_failures, binding_failures_total, \
+                     binding_locked_until, created_at FROM consents",
+                    " WHERE consent_id = ANY($1)"
+                ))
+                .bind(&keys)
+                .fetch_all(&mut *tx)
+                .await?;
+                let units = sqlx::query_as(
+                    "SELECT consent_id, recorded_unit, bound_unit FROM consents \
+                     WHERE consent_id = ANY($1)",
+                )
+                .bind(&keys)
+                .fetch_all(&mut *tx)
+                .await?;
+                let events = sqlx::query_as(
+                    "SELECT consent_id, event, at, recorded_by FROM consent_events \
+                     WHERE consent_id = ANY($1) ORDER BY consent_id, seq",
+                )
+                .bind(&keys)
+                .fetch_all(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                (rows, units, events)
+            }
+        };
+        let mut units: HashMap<String, (Option<String>, Option<String>)> = units
+            .into_iter()
+            .map(|(id, recorded, bound)| (id, (recorded, bound)))
+            .collect();
+        let mut events_of: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
+        for (id, event, at, by) in events {
+            events_of.entry(id).or_default().push((event, at, by));
+        }
+        for row in rows {
+            let Some((recorded_unit, bound_unit)) = units.remove(&row.0) else {
+                continue;
+            };
+            let events = events_of.remove(&row.0).unwrap_or_default();
+            let consent = assemble(row, events, recorded_unit, bound_unit)?;
+            found.insert(consent.record.id.clone(), consent);
+        }
+    }
+    Ok(found)
+}
+
+/// A consent from its stored row, events and units.
+fn assemble(
+    row: ConsentRow,
+    events: Vec<(String, String, String)>,
+    recorded_unit: Option<String>,
+    bound_unit: Option<String>,
+) -> Result<StoredConsent, StorageError> {
     let (
         consent_id,
         subject_ref,
@@ -186,7 +275,7 @@ pub async fn consent(db: &Database, id: &ConsentId) -> Result<Option<StoredConse
         retention_at_recipient_days: to_u32(retention_days, "retention")?,
         events: events.iter().map(|e| e.event).collect(),
     };
-    Ok(Some(StoredConsent {
+    Ok(StoredConsent {
         record,
         terms,
         local_subject_key,
@@ -205,7 +294,7 @@ pub async fn consent(db: &Database, id: &ConsentId) -> Result<Option<StoredConse
         events,
         recorded_unit,
         bound_unit,
-    }))
+    })
 }
 
 /// Whether a withdrawal arrived for this consent before this node held it.

@@ -5,6 +5,8 @@
 use super::audit::{to_i64, to_u64};
 use super::{Database, StorageError, WriteTx, db_time};
 use crate::domain::{ConsentId, MessageId, MessageType, OrgId, PurposeRef, SubjectRef};
+use sqlx::QueryBuilder;
+use std::collections::HashMap;
 use time::OffsetDateTime;
 
 /// The first answer to a message id, as remembered.
@@ -27,28 +29,72 @@ pub async fn seen_message(
     sender: &OrgId,
     message_id: &MessageId,
 ) -> Result<Option<SeenMessage>, StorageError> {
-    let sql = "SELECT envelope_sha256, status, problem, audit_idx, receipt FROM seen_messages \
-               WHERE sender = $1 AND message_id = $2";
-    type Row = (String, i32, Option<String>, i64, Option<String>);
-    let row: Option<Row> = on_each_engine!(db, Database, |pool| {
-        sqlx::query_as(sql)
-            .bind(sender.as_str())
-            .bind(message_id.as_str())
-            .fetch_optional(pool)
-            .await?
-    });
-    row.map(|(envelope_sha256, status, problem, audit_idx, receipt)| {
-        Ok(SeenMessage {
-            envelope_sha256,
-            status: u16::try_from(status)
-                .map_err(|_| StorageError::Invariant("a stored status is out of range".into()))?,
-            problem,
-            audit_idx: to_u64(audit_idx)?,
-            receipt,
-        })
-    })
-    .transpose()
+    Ok(seen_messages(db, sender, &[message_id])
+        .await?
+        .remove(message_id))
 }
+
+/// The first answers to these message ids from `sender`, for the ids that were seen.
+pub async fn seen_messages(
+    db: &Database,
+    sender: &OrgId,
+    message_ids: &[&MessageId],
+) -> Result<HashMap<MessageId, SeenMessage>, StorageError> {
+    type Row = (String, String, i32, Option<String>, i64, Option<String>);
+    let mut found = HashMap::with_capacity(message_ids.len());
+    for chunk in message_ids.chunks(IDS_PER_STATEMENT) {
+        let keys: Vec<String> = chunk.iter().map(|id| id.as_str().to_owned()).collect();
+        let rows: Vec<Row> = match db {
+            Database::Sqlite(pool) => {
+                let mut builder = sqlx::QueryBuilder::new(
+                    "SELECT message_id, envelope_sha256, status, problem, audit_idx, receipt \
+                     FROM seen_messages WHERE sender = ",
+                );
+                builder.push_bind(sender.as_str().to_owned());
+                builder.push(" AND message_id IN (");
+                let mut list = builder.separated(", ");
+                for key in &keys {
+                    list.push_bind(key.clone());
+                }
+                builder.push(")");
+                builder
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Database::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT message_id, envelope_sha256, status, problem, audit_idx, receipt \
+                     FROM seen_messages WHERE sender = $1 AND message_id = ANY($2)",
+                )
+                .bind(sender.as_str())
+                .bind(&keys)
+                .fetch_all(pool)
+                .await?
+            }
+        };
+        for (message_id, envelope_sha256, status, problem, audit_idx, receipt) in rows {
+            let message_id: MessageId = message_id
+                .parse()
+                .map_err(|_| StorageError::Invariant("a stored message id is invalid".into()))?;
+            let seen = SeenMessage {
+                envelope_sha256,
+                status: u16::try_from(status).map_err(|_| {
+                    StorageError::Invariant("a stored status is out of range".into())
+                })?,
+                problem,
+                audit_idx: to_u64(audit_idx)?,
+                receipt,
+            };
+            found.insert(message_id, seen);
+        }
+    }
+    Ok(found)
+}
+
+/// Ids per read statement: far below SQLite's limit of 32,766 bound parameters.
+const IDS_PER_STATEMENT: usize = 1_000;
 
 /// Stores the receipt of an admitted message, unless one is stored already (the first one
 /// stays: a replay must get the same receipt). Returns whether this one was stored.
@@ -146,76 +192,239 @@ pub struct RememberedAnswer<'a> {
     pub receipt: Option<&'a str>,
 }
 
+/// One message id's first answer, to be remembered in the replay table.
+#[derive(Debug, Clone, Copy)]
+pub struct RememberRow<'a> {
+    pub sender: &'a OrgId,
+    pub message_id: &'a MessageId,
+    pub envelope_sha256: &'a str,
+    pub answer: RememberedAnswer<'a>,
+    /// The audit entry of the decision.
+    pub audit_idx: u64,
+}
+
+/// Rows per multi-row statement: a whole group commit of ordinary size in one statement, and
+/// (at ten values per row) far below SQLite's limit of 32,766 bound parameters.
+const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// One array per column, for PostgreSQL's `UNNEST`.
+type InboxColumns = (
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<Vec<u8>>,
+    Vec<String>,
+    Vec<i64>,
+    Vec<Option<String>>,
+);
+
+/// The events after which nothing more is stored under a consent (a literal, so that it can
+/// be part of a static SQL string).
+macro_rules! ending_events {
+    () => {
+        "('withdrawn-by-subject', 'revoked', 'expired', 'invalidated')"
+    };
+}
+
+/// Per row, 1 if the statement stored it and 0 if not. Of several rows with one key only the
+/// first can have been stored (the others conflicted with it).
+pub(super) fn stored_per_row<'k>(
+    keys: impl Iterator<Item = (&'k str, &'k str)>,
+    stored: &std::collections::HashSet<(String, String)>,
+) -> Vec<u64> {
+    let mut counted = std::collections::HashSet::new();
+    keys.map(|(a, b)| {
+        let key = (a.to_owned(), b.to_owned());
+        u64::from(stored.contains(&key) && counted.insert(key))
+    })
+    .collect()
+}
+
 impl WriteTx {
-    /// Remembers the first answer to a message id. A second answer to the same id (a replay
-    /// that raced the first) changes nothing.
-    pub async fn remember_message(
+    /// Remembers the first answer to each message id, many rows per statement. A second answer
+    /// to the same id (a replay that raced the first) changes nothing. Returns, per row, 1 if
+    /// it was stored and 0 if the id was remembered already.
+    pub async fn remember_messages(
         &mut self,
-        sender: &OrgId,
-        message_id: &MessageId,
-        envelope_sha256: &str,
-        answer: RememberedAnswer<'_>,
-        audit_idx: u64,
-    ) -> Result<u64, StorageError> {
-        let RememberedAnswer {
-            status,
-            problem,
-            receipt,
-        } = answer;
-        let sql = "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
-                   problem, audit_idx, receipt) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                   ON CONFLICT (sender, message_id) DO NOTHING";
-        let audit_idx = to_i64(audit_idx)?;
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query(sql)
-                .bind(sender.as_str())
-                .bind(message_id.as_str())
-                .bind(envelope_sha256)
-                .bind(i32::from(status))
-                .bind(problem)
-                .bind(audit_idx)
-                .bind(receipt)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected()
-        });
-        Ok(rows)
+        rows: &[RememberRow<'_>],
+    ) -> Result<Vec<u64>, StorageError> {
+        let mut stored = std::collections::HashSet::new();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let keys: Vec<(String, String)> = match self {
+                WriteTx::Sqlite(tx) => {
+                    let mut builder: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+                        "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
+                         problem, audit_idx, receipt) ",
+                    );
+                    let indexes = chunk
+                        .iter()
+                        .map(|row| to_i64(row.audit_idx))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    builder.push_values(chunk.iter().zip(indexes), |mut b, (row, audit_idx)| {
+                        b.push_bind(row.sender.as_str().to_owned())
+                            .push_bind(row.message_id.as_str().to_owned())
+                            .push_bind(row.envelope_sha256.to_owned())
+                            .push_bind(i32::from(row.answer.status))
+                            .push_bind(row.answer.problem.map(str::to_owned))
+                            .push_bind(audit_idx)
+                            .push_bind(row.answer.receipt.map(str::to_owned));
+                    });
+                    builder.push(
+                        " ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id",
+                    );
+                    builder
+                        .build_query_as()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
+                        .await?
+                }
+                WriteTx::Postgres(tx) => {
+                    // One fixed statement with array parameters, whatever the row count.
+                    let mut senders = Vec::with_capacity(chunk.len());
+                    let mut ids = Vec::with_capacity(chunk.len());
+                    let mut hashes = Vec::with_capacity(chunk.len());
+                    let mut statuses = Vec::with_capacity(chunk.len());
+                    let mut problems = Vec::with_capacity(chunk.len());
+                    let mut indexes = Vec::with_capacity(chunk.len());
+                    let mut receipts = Vec::with_capacity(chunk.len());
+                    for row in chunk {
+                        senders.push(row.sender.as_str().to_owned());
+                        ids.push(row.message_id.as_str().to_owned());
+                        hashes.push(row.envelope_sha256.to_owned());
+                        statuses.push(i32::from(row.answer.status));
+                        problems.push(row.answer.problem.map(str::to_owned));
+                        indexes.push(to_i64(row.audit_idx)?);
+                        receipts.push(row.answer.receipt.map(str::to_owned));
+                    }
+                    sqlx::query_as(
+                        "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
+                         problem, audit_idx, receipt) \
+                         SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::INTEGER[], \
+                         $5::TEXT[], $6::BIGINT[], $7::TEXT[]) \
+                         ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id",
+                    )
+                    .bind(senders)
+                    .bind(ids)
+                    .bind(hashes)
+                    .bind(statuses)
+                    .bind(problems)
+                    .bind(indexes)
+                    .bind(receipts)
+                    .fetch_all(&mut **tx)
+                    .await?
+                }
+            };
+            stored.extend(keys);
+        }
+        Ok(stored_per_row(
+            rows.iter()
+                .map(|r| (r.sender.as_str(), r.message_id.as_str())),
+            &stored,
+        ))
     }
 
-    /// Stores an admitted message, unless its consent ended meanwhile; a second copy of the
-    /// same message changes nothing. Returns how many rows were stored.
-    pub async fn insert_inbox(
+    /// Stores admitted messages (each with the audit entry of its decision), many rows per
+    /// statement, except those whose consent ended meanwhile; a second copy of a message
+    /// changes nothing. Returns, per message, 1 if it was stored and 0 if not.
+    pub async fn insert_inbox_many(
         &mut self,
-        message: &NewInboxMessage,
-        audit_idx: u64,
-    ) -> Result<u64, StorageError> {
+        messages: &[(&NewInboxMessage, u64)],
+    ) -> Result<Vec<u64>, StorageError> {
         // The consent is checked again here, inside the commit: a withdrawal that committed
-        // after this message was decided but before it is stored wins, and nothing is stored
-        // (as if the message had come first and been deleted by the withdrawal).
-        let sql = "INSERT INTO inbox (sender, message_id, message_type, purpose, consent_id, \
-                   subject_ref, envelope, received_at, audit_idx, delete_after) \
-                   SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
-                   WHERE NOT EXISTS (SELECT 1 FROM consent_events WHERE consent_id = $5 \
-                   AND event IN ('withdrawn-by-subject', 'revoked', 'expired', 'invalidated')) \
-                   ON CONFLICT (sender, message_id) DO NOTHING";
-        let audit_idx = to_i64(audit_idx)?;
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query(sql)
-                .bind(message.sender.as_str())
-                .bind(message.message_id.as_str())
-                .bind(message.message_type.as_str())
-                .bind(message.purpose.to_string())
-                .bind(message.consent.as_str())
-                .bind(message.subject.to_string())
-                .bind(message.envelope.as_slice())
-                .bind(db_time(message.received_at))
-                .bind(audit_idx)
-                .bind(message.delete_after.map(db_time))
-                .execute(&mut **tx)
-                .await?
-                .rows_affected()
-        });
-        Ok(rows)
+        // after a message was decided but before it is stored wins, and nothing is stored (as
+        // if the message had come first and been deleted by the withdrawal).
+        let mut stored = std::collections::HashSet::new();
+        for chunk in messages.chunks(ROWS_PER_STATEMENT) {
+            let keys: Vec<(String, String)> = match self {
+                WriteTx::Sqlite(tx) => {
+                    let mut builder: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+                        "INSERT INTO inbox (sender, message_id, message_type, purpose, consent_id, \
+                         subject_ref, envelope, received_at, audit_idx, delete_after) \
+                         SELECT column1, column2, column3, column4, column5, column6, column7, \
+                         column8, column9, column10 FROM (",
+                    );
+                    let indexes = chunk
+                        .iter()
+                        .map(|(_, audit_idx)| to_i64(*audit_idx))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    builder.push_values(
+                        chunk.iter().zip(indexes),
+                        |mut b, ((message, _), index)| {
+                            b.push_bind(message.sender.as_str().to_owned())
+                                .push_bind(message.message_id.as_str().to_owned())
+                                .push_bind(message.message_type.as_str().to_owned())
+                                .push_bind(message.purpose.to_string())
+                                .push_bind(message.consent.as_str().to_owned())
+                                .push_bind(message.subject.to_string())
+                                .push_bind(message.envelope.clone())
+                                .push_bind(db_time(message.received_at))
+                                .push_bind(index)
+                                .push_bind(message.delete_after.map(db_time));
+                        },
+                    );
+                    builder.push(concat!(
+                        ") WHERE NOT EXISTS (SELECT 1 FROM consent_events \
+                         WHERE consent_events.consent_id = column5 AND event IN ",
+                        ending_events!(),
+                        ") ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id"
+                    ));
+                    builder
+                        .build_query_as()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
+                        .await?
+                }
+                WriteTx::Postgres(tx) => {
+                    let mut columns: InboxColumns = Default::default();
+                    for (message, audit_idx) in chunk {
+                        columns.0.push(message.sender.as_str().to_owned());
+                        columns.1.push(message.message_id.as_str().to_owned());
+                        columns.2.push(message.message_type.as_str().to_owned());
+                        columns.3.push(message.purpose.to_string());
+                        columns.4.push(message.consent.as_str().to_owned());
+                        columns.5.push(message.subject.to_string());
+                        columns.6.push(message.envelope.clone());
+                        columns.7.push(db_time(message.received_at));
+                        columns.8.push(to_i64(*audit_idx)?);
+                        columns.9.push(message.delete_after.map(db_time));
+                    }
+                    sqlx::query_as(concat!(
+                        "INSERT INTO inbox (sender, message_id, message_type, purpose, consent_id, \
+                         subject_ref, envelope, received_at, audit_idx, delete_after) \
+                         SELECT v.* FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+                         $5::TEXT[], $6::TEXT[], $7::BYTEA[], $8::TEXT[], $9::BIGINT[], $10::TEXT[]) \
+                         AS v(sender, message_id, message_type, purpose, consent_id, subject_ref, \
+                         envelope, received_at, audit_idx, delete_after) \
+                         WHERE NOT EXISTS (SELECT 1 FROM consent_events e \
+                         WHERE e.consent_id = v.consent_id AND e.event IN ",
+                        ending_events!(),
+                        ") ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id"
+                    ))
+                    .bind(columns.0)
+                    .bind(columns.1)
+                    .bind(columns.2)
+                    .bind(columns.3)
+                    .bind(columns.4)
+                    .bind(columns.5)
+                    .bind(columns.6)
+                    .bind(columns.7)
+                    .bind(columns.8)
+                    .bind(columns.9)
+                    .fetch_all(&mut **tx)
+                    .await?
+                }
+            };
+            stored.extend(keys);
+        }
+        Ok(stored_per_row(
+            messages
+                .iter()
+                .map(|(m, _)| (m.sender.as_str(), m.message_id.as_str())),
+            &stored,
+        ))
     }
 
     /// Deletes what was received under a consent (after its withdrawal); returns how many.

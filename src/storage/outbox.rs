@@ -8,7 +8,23 @@
 use super::audit::{to_i64, to_u64};
 use super::{Database, StorageError, WriteTx, db_time};
 use crate::domain::{ConsentId, MessageId, MessageType, OrgId};
+use sqlx::QueryBuilder;
 use time::OffsetDateTime;
+
+/// Rows per multi-row statement: at eleven values per row, below SQLite's limit of 32,766
+/// bound parameters.
+const ROWS_PER_STATEMENT: usize = 1_000;
+
+/// One array per column, for PostgreSQL's `UNNEST`.
+type OutboxColumns = (
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<String>,
+    Vec<i32>,
+    Vec<Vec<u8>>,
+    Vec<String>,
+);
 
 /// A message accepted for delivery.
 #[derive(Debug, Clone)]
@@ -315,33 +331,90 @@ pub async fn release_claim(
 }
 
 impl WriteTx {
-    /// Queues a message for delivery.
-    pub async fn enqueue_outbox(
+    /// Queues messages for delivery (each with the audit entry that accepted it), many rows per
+    /// statement. Returns, per message, 1 if it was queued and 0 if its id was queued already.
+    pub async fn enqueue_outbox_many(
         &mut self,
-        message: &NewOutboxMessage,
-        audit_idx: u64,
-    ) -> Result<u64, StorageError> {
-        let sql = "INSERT INTO outbox (message_id, recipient, message_type, consent_id, priority, \
-                   audit_idx, envelope, status, next_attempt_at, created_at, updated_at) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $8, $8) \
-                   ON CONFLICT (message_id) DO NOTHING";
-        let audit_idx = to_i64(audit_idx)?;
-        let at = db_time(message.accepted_at);
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query(sql)
-                .bind(message.message_id.as_str())
-                .bind(message.recipient.as_str())
-                .bind(message.message_type.as_str())
-                .bind(message.consent.as_str())
-                .bind(message.priority())
-                .bind(audit_idx)
-                .bind(message.envelope.as_slice())
-                .bind(&at)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected()
-        });
-        Ok(rows)
+        messages: &[(&NewOutboxMessage, u64)],
+    ) -> Result<Vec<u64>, StorageError> {
+        let mut stored = std::collections::HashSet::new();
+        for chunk in messages.chunks(ROWS_PER_STATEMENT) {
+            let indexes = chunk
+                .iter()
+                .map(|(_, audit_idx)| to_i64(*audit_idx))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ids: Vec<(String,)> = match self {
+                WriteTx::Sqlite(tx) => {
+                    let mut builder: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
+                        "INSERT INTO outbox (message_id, recipient, message_type, consent_id, \
+                         priority, audit_idx, envelope, status, next_attempt_at, created_at, \
+                         updated_at) ",
+                    );
+                    builder.push_values(
+                        chunk.iter().zip(indexes),
+                        |mut b, ((message, _), index)| {
+                            let at = db_time(message.accepted_at);
+                            b.push_bind(message.message_id.as_str().to_owned())
+                                .push_bind(message.recipient.as_str().to_owned())
+                                .push_bind(message.message_type.as_str().to_owned())
+                                .push_bind(message.consent.as_str().to_owned())
+                                .push_bind(message.priority())
+                                .push_bind(index)
+                                .push_bind(message.envelope.clone())
+                                .push_bind("queued")
+                                .push_bind(at.clone())
+                                .push_bind(at.clone())
+                                .push_bind(at);
+                        },
+                    );
+                    builder.push(" ON CONFLICT (message_id) DO NOTHING RETURNING message_id");
+                    builder
+                        .build_query_as()
+                        .persistent(false)
+                        .fetch_all(&mut **tx)
+                        .await?
+                }
+                WriteTx::Postgres(tx) => {
+                    let mut columns: OutboxColumns = Default::default();
+                    for (message, _) in chunk {
+                        columns.0.push(message.message_id.as_str().to_owned());
+                        columns.1.push(message.recipient.as_str().to_owned());
+                        columns.2.push(message.message_type.as_str().to_owned());
+                        columns.3.push(message.consent.as_str().to_owned());
+                        columns.4.push(message.priority());
+                        columns.5.push(message.envelope.clone());
+                        columns.6.push(db_time(message.accepted_at));
+                    }
+                    sqlx::query_as(
+                        "INSERT INTO outbox (message_id, recipient, message_type, consent_id, \
+                         priority, audit_idx, envelope, status, next_attempt_at, created_at, \
+                         updated_at) \
+                         SELECT v.message_id, v.recipient, v.message_type, v.consent_id, \
+                         v.priority, v.audit_idx, v.envelope, 'queued', v.at, v.at, v.at \
+                         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+                         $5::INTEGER[], $6::BIGINT[], $7::BYTEA[], $8::TEXT[]) \
+                         AS v(message_id, recipient, message_type, consent_id, priority, \
+                         audit_idx, envelope, at) \
+                         ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+                    )
+                    .bind(columns.0)
+                    .bind(columns.1)
+                    .bind(columns.2)
+                    .bind(columns.3)
+                    .bind(columns.4)
+                    .bind(indexes)
+                    .bind(columns.5)
+                    .bind(columns.6)
+                    .fetch_all(&mut **tx)
+                    .await?
+                }
+            };
+            stored.extend(ids.into_iter().map(|(id,)| (id, String::new())));
+        }
+        Ok(super::messages::stored_per_row(
+            messages.iter().map(|(m, _)| (m.message_id.as_str(), "")),
+            &stored,
+        ))
     }
 
     /// Cancels every queued message under a consent except its withdrawal notice; returns how
