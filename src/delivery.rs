@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-/// Rows claimed per round (for all peers together): as many as a receiver takes in one batch
-/// request, so a backlog goes in full batches (one round trip and a few group commits at the
-/// receiver each); with envelopes of at most 64 KiB, at most 16 MiB in memory, however long
-/// the backlog.
+/// Rows claimed per peer and round: as many as a receiver takes in one batch request, so a
+/// backlog goes in full batches (one round trip and a few group commits at the receiver each);
+/// with envelopes of at most 64 KiB, at most 16 MiB per peer in memory, however long the
+/// backlog.
 const CLAIM_LIMIT: u32 = federation::MAX_BATCH_ENVELOPES as u32;
 /// How long a claim lasts if the worker dies holding it.
 const LEASE: time::Duration = time::Duration::seconds(60);
@@ -412,8 +412,8 @@ fn retry(state: &NodeState, peer: &OrgId, message: &ClaimedMessage) -> Settled {
     }
 }
 
-/// One round: claims due rows of the peers that are neither busy nor behind an open breaker,
-/// and starts one task per peer for them. Returns how many rows were claimed.
+/// One round: for each peer that is neither busy nor behind an open breaker, claims its due
+/// rows and starts a task for them. Returns how many rows were claimed.
 async fn deliver_once(
     state: &web::Data<NodeState>,
     tasks: &mut tokio::task::JoinSet<()>,
@@ -421,28 +421,27 @@ async fn deliver_once(
     let now: OffsetDateTime = state.clock.now();
     let mut skip = state.breakers.open();
     skip.extend(state.breakers.busy());
-    let claimed = storage::claim_due(&state.db, now, now + LEASE, &skip, CLAIM_LIMIT).await?;
-    let count = claimed.len();
-    let mut by_peer: HashMap<String, Vec<ClaimedMessage>> = HashMap::new();
-    for message in claimed {
-        by_peer
-            .entry(message.recipient.clone())
-            .or_default()
-            .push(message);
-    }
-    for (peer, mut messages) in by_peer {
-        let Ok(peer) = peer.parse::<OrgId>() else {
-            tracing::error!(%peer, "outbox rows name an invalid recipient");
-            continue;
-        };
+    let peers: Vec<OrgId> = state
+        .manifest
+        .snapshot()
+        .members
+        .keys()
+        .filter(|org| **org != state.identity.org && !skip.contains(org))
+        .cloned()
+        .collect();
+    let mut count = 0;
+    for peer in peers {
         // A half-open breaker lets one trial through; the rest wait for its outcome.
-        if state.breakers.half_open(&peer) {
-            for extra in messages.split_off(1.min(messages.len())) {
-                let _ =
-                    storage::release_claim(&state.db, &extra.message_id, extra.attempts, now, now)
-                        .await;
-            }
+        let limit = if state.breakers.half_open(&peer) {
+            1
+        } else {
+            CLAIM_LIMIT
+        };
+        let messages = storage::claim_due(&state.db, now, now + LEASE, &peer, limit).await?;
+        if messages.is_empty() {
+            continue;
         }
+        count += messages.len();
         state.breakers.set_busy(&peer, true);
         let state = state.clone();
         tasks.spawn(async move {

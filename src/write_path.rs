@@ -866,7 +866,7 @@ impl Writer {
         let stats = Arc::new(WriterStats::default());
         let state = WriterState {
             stats: stats.clone(),
-            db,
+            db: db.for_writer(),
             signer,
             hmac_key_version,
             published_path,

@@ -45,6 +45,11 @@ const SQLITE: &[Migration] = &[
         name: "consent_tombstones",
         sql: include_str!("../../migrations/sqlite/0007_consent_tombstones.sql"),
     },
+    Migration {
+        version: 8,
+        name: "outbox_by_peer",
+        sql: include_str!("../../migrations/sqlite/0008_outbox_by_peer.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -82,6 +87,11 @@ const POSTGRES: &[Migration] = &[
         version: 7,
         name: "consent_tombstones",
         sql: include_str!("../../migrations/postgres/0007_consent_tombstones.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "outbox_by_peer",
+        sql: include_str!("../../migrations/postgres/0008_outbox_by_peer.sql"),
     },
 ];
 

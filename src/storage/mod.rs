@@ -49,7 +49,7 @@ pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
 pub use outbox::{
     ClaimedMessage, NewOutboxMessage, OutboxMessage, claim_due, consent_notices,
     expired_inbox_count, mark_delivered_many, mark_refused, outbox_message, outbox_status_counts,
-    release_claim, release_claims_many, release_own_stale_claims,
+    release_claims_many, release_own_stale_claims,
 };
 pub use peer_checkpoints::{
     NewPeerCheckpoint, PeerCheckpoint, PeerLogAlarm, advance_peer_checkpoint, peer_checkpoint,
@@ -99,6 +99,9 @@ pub(crate) fn db_time(t: time::OffsetDateTime) -> String {
 /// SQLite's soft limit on its own heap, in bytes (see `Database::open`).
 const SQLITE_SOFT_HEAP_LIMIT: u64 = 16 * 1024 * 1024;
 
+/// The page cache of the SQLite writer's own connection, in KiB (see `Database::for_writer`).
+const WRITER_CACHE_KIB: u32 = 8 * 1024;
+
 /// A connection pool on one of the two supported engines.
 #[derive(Debug, Clone)]
 pub enum Database {
@@ -107,6 +110,26 @@ pub enum Database {
 }
 
 impl Database {
+    /// The handle the audit writer commits through. On SQLite that is a pool of its own with
+    /// one connection: SQLite drops a connection's page cache whenever another connection has
+    /// written, so a writer taking any pooled connection started every group commit cold and
+    /// read its B-tree pages again from the file; its own connection keeps them (and a larger
+    /// cache, for the pages of a whole group commit). PostgreSQL's handle is the pool itself.
+    pub fn for_writer(&self) -> Database {
+        match self {
+            Database::Sqlite(pool) => {
+                let options = (*pool.connect_options())
+                    .clone()
+                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
+                Database::Sqlite(
+                    SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .connect_lazy_with(options),
+                )
+            }
+            Database::Postgres(pool) => Database::Postgres(pool.clone()),
+        }
+    }
     /// Opens (and for SQLite creates) the database named in the configuration, then applies
     /// pending migrations.
     pub async fn open(config: &DatabaseConfig) -> Result<Self, StorageError> {

@@ -155,47 +155,44 @@ pub async fn outbox_status_counts(db: &Database) -> Result<Vec<(String, u64)>, S
         .collect()
 }
 
-/// Claims up to `limit` due rows (queued, due, not claimed by a live lease), most urgent first,
-/// skipping the recipients in `skip` (open circuit breakers). Each claim lasts until
-/// `lease_until`.
+/// Claims up to `limit` due rows for `peer` (queued, due, not claimed by a live lease), most
+/// urgent first. Each claim lasts until `lease_until`. The index on (recipient, status, priority,
+/// audit_idx) makes this a range read of that peer's queue: a long backlog for another peer (one
+/// that is down, say) is never scanned.
 pub async fn claim_due(
     db: &Database,
     now: OffsetDateTime,
     lease_until: OffsetDateTime,
-    skip: &[OrgId],
+    peer: &OrgId,
     limit: u32,
 ) -> Result<Vec<ClaimedMessage>, StorageError> {
-    // Placeholders only; every value is bound.
-    let skip_clause = if skip.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 4)).collect();
-        format!("AND recipient NOT IN ({})", list.join(", "))
+    let sql = match db {
+        Database::Sqlite(_) => {
+            "UPDATE outbox SET claimed_until = $2 WHERE message_id IN (\
+               SELECT message_id FROM outbox WHERE recipient = $4 AND status = 'queued' \
+               AND next_attempt_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1) \
+               ORDER BY priority, audit_idx LIMIT $3) \
+             RETURNING message_id, recipient, envelope, attempts, priority, audit_idx"
+        }
+        Database::Postgres(_) => {
+            "UPDATE outbox SET claimed_until = $2 WHERE message_id IN (\
+               SELECT message_id FROM outbox WHERE recipient = $4 AND status = 'queued' \
+               AND next_attempt_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1) \
+               ORDER BY priority, audit_idx LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING message_id, recipient, envelope, attempts, priority, audit_idx"
+        }
     };
-    let locking = match db {
-        Database::Sqlite(_) => "",
-        Database::Postgres(_) => "FOR UPDATE SKIP LOCKED",
-    };
-    let sql = format!(
-        "UPDATE outbox SET claimed_until = $2 WHERE message_id IN (\
-           SELECT message_id FROM outbox WHERE status = 'queued' AND next_attempt_at <= $1 \
-           AND (claimed_until IS NULL OR claimed_until < $1) {skip_clause} \
-           ORDER BY priority, audit_idx LIMIT $3 {locking}) \
-         RETURNING message_id, recipient, envelope, attempts, priority, audit_idx"
-    );
     let now = db_time(now);
     let lease = db_time(lease_until);
     let mut rows: Vec<(String, String, Vec<u8>, i64, i32, i64)> =
         on_each_engine!(db, Database, |pool| {
-            // Built from constants and numbered placeholders only; every value is bound.
-            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            sqlx::query_as(sql)
                 .bind(&now)
                 .bind(&lease)
-                .bind(i64::from(limit));
-            for org in skip {
-                query = query.bind(org.as_str());
-            }
-            query.fetch_all(pool).await?
+                .bind(i64::from(limit))
+                .bind(peer.as_str())
+                .fetch_all(pool)
+                .await?
         });
     // RETURNING does not keep the subquery's order.
     rows.sort_by_key(|r| (r.4, r.5));
@@ -305,29 +302,6 @@ pub async fn release_own_stale_claims(db: &Database) -> Result<u64, StorageError
         .rows_affected()),
         Database::Postgres(_) => Ok(0),
     }
-}
-
-/// Gives a claimed message back for a later attempt.
-pub async fn release_claim(
-    db: &Database,
-    id: &str,
-    attempts: u32,
-    next_attempt_at: OffsetDateTime,
-    now: OffsetDateTime,
-) -> Result<(), StorageError> {
-    let sql = "UPDATE outbox SET claimed_until = NULL, attempts = $2, next_attempt_at = $3, \
-               updated_at = $4 WHERE message_id = $1 AND status = 'queued'";
-    on_each_engine!(db, Database, |pool| {
-        sqlx::query(sql)
-            .bind(id)
-            .bind(i64::from(attempts))
-            .bind(db_time(next_attempt_at))
-            .bind(db_time(now))
-            .execute(pool)
-            .await?
-            .rows_affected()
-    });
-    Ok(())
 }
 
 impl WriteTx {

@@ -1,0 +1,5 @@
+-- Delivery claims each peer's due rows on its own (`storage::claim_due`): with the queue indexed
+-- by recipient first, a long backlog for one peer (one that is down, say) is never scanned
+-- while another peer's rows are claimed. It replaces the index on (status, priority, audit_idx).
+DROP INDEX outbox_due;
+CREATE INDEX outbox_due_by_peer ON outbox (recipient, status, priority, audit_idx);
