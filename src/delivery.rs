@@ -1,11 +1,12 @@
 //! The delivery worker: sends what the outbox holds to its peers, verifies each receipt, and
 //! records the outcome.
 //!
-//! The backlog lives in the database: each round claims at most [`CLAIM_LIMIT`] due rows (with a
-//! lease, so replicas on one PostgreSQL database never send the same row at once), so memory is
-//! bounded whatever the backlog. Withdrawal notices are claimed first. Each peer's claimed rows
-//! go in one batch request from a task of that peer's own, so a slow peer never holds up the
-//! others, and a peer never has two deliveries in flight from this node. A failed attempt is
+//! The backlog lives in the database: each round claims at most [`CLAIM_LIMIT`] due rows per
+//! peer (with a lease, so replicas on one PostgreSQL database never send the same row at once),
+//! so memory is bounded whatever the backlog. Withdrawal notices are claimed first. Each batch
+//! goes in one request from a task of its own, so a slow peer never holds up the others; a
+//! peer has at most two batches in flight, and a batch with a consent notice goes alone, so
+//! data never overtakes the notice it depends on (`deliver_once`). A failed attempt is
 //! retried with exponential backoff and full jitter; a peer that keeps failing trips its
 //! circuit breaker, and while it is open that peer's rows are not even claimed. A peer's
 //! refusal (a 4xx problem) is final and recorded with its reason. Delivery is at-least-once on
@@ -29,6 +30,8 @@ use tokio::sync::watch;
 /// with envelopes of at most 64 KiB, at most 16 MiB per peer in memory, however long the
 /// backlog.
 const CLAIM_LIMIT: u32 = federation::MAX_BATCH_ENVELOPES as u32;
+/// Batches in flight to one peer at most (see `deliver_once`).
+const BATCHES_IN_FLIGHT: u32 = 2;
 /// How long a claim lasts if the worker dies holding it.
 const LEASE: time::Duration = time::Duration::seconds(60);
 /// The first retry delay; it doubles with each attempt up to [`MAX_BACKOFF`].
@@ -75,11 +78,19 @@ impl Default for Breaker {
     }
 }
 
-/// The breakers of all peers, and which peers have a delivery task running.
+/// What is in flight to one peer: how many batches, and whether one of them carries a consent
+/// notice (then it goes alone, so that nothing overtakes it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Lane {
+    batches: u32,
+    notices: bool,
+}
+
+/// The breakers of all peers, and what each peer has in flight.
 #[derive(Debug, Default)]
 pub struct Breakers {
     peers: Mutex<HashMap<OrgId, Breaker>>,
-    busy: Mutex<std::collections::HashSet<OrgId>>,
+    lanes: Mutex<HashMap<OrgId, Lane>>,
 }
 
 impl Breakers {
@@ -89,24 +100,34 @@ impl Breakers {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn busy(&self) -> Vec<OrgId> {
-        self.busy
+    fn lock_lanes(&self) -> std::sync::MutexGuard<'_, HashMap<OrgId, Lane>> {
+        self.lanes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
     }
 
-    fn set_busy(&self, peer: &OrgId, busy: bool) {
-        let mut set = self
-            .busy
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if busy {
-            set.insert(peer.clone());
-        } else {
-            set.remove(peer);
+    fn lane(&self, peer: &OrgId) -> Lane {
+        self.lock_lanes().get(peer).copied().unwrap_or_default()
+    }
+
+    /// A batch to `peer` is sent (`notices`: it carries a consent notice).
+    fn start(&self, peer: &OrgId, notices: bool) {
+        let mut lanes = self.lock_lanes();
+        let lane = lanes.entry(peer.clone()).or_default();
+        lane.batches = lane.batches.saturating_add(1);
+        lane.notices |= notices;
+    }
+
+    /// A batch to `peer` is settled.
+    fn finish(&self, peer: &OrgId, notices: bool) {
+        let mut lanes = self.lock_lanes();
+        let lane = lanes.entry(peer.clone()).or_default();
+        lane.batches = lane.batches.saturating_sub(1);
+        if notices {
+            lane.notices = false;
+        }
+        if lane.batches == 0 {
+            lanes.remove(peer);
         }
     }
 
@@ -412,41 +433,53 @@ fn retry(state: &NodeState, peer: &OrgId, message: &ClaimedMessage) -> Settled {
     }
 }
 
-/// One round: for each peer that is neither busy nor behind an open breaker, claims its due
-/// rows and starts a task for them. Returns how many rows were claimed.
+/// One round: for each peer that is not behind an open breaker and has room for another
+/// batch, claims its due rows and starts a task for them. Returns how many rows were claimed.
+///
+/// A peer may have [`BATCHES_IN_FLIGHT`] batches in flight, so that its admissions overlap
+/// with this node's work on the previous batch's receipts. Order still holds where it matters:
+/// a batch with a consent notice goes only when nothing else is in flight and alone, and a
+/// batch sent beside another holds only data accepted before the peer's first queued notice
+/// (data never depends on other data, but data under a consent must not overtake its grant).
 async fn deliver_once(
     state: &web::Data<NodeState>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> Result<usize, storage::StorageError> {
     let now: OffsetDateTime = state.clock.now();
-    let mut skip = state.breakers.open();
-    skip.extend(state.breakers.busy());
+    let open = state.breakers.open();
     let peers: Vec<OrgId> = state
         .manifest
         .snapshot()
         .members
         .keys()
-        .filter(|org| **org != state.identity.org && !skip.contains(org))
+        .filter(|org| **org != state.identity.org && !open.contains(org))
         .cloned()
         .collect();
     let mut count = 0;
     for peer in peers {
+        let lane = state.breakers.lane(&peer);
+        let half_open = state.breakers.half_open(&peer);
         // A half-open breaker lets one trial through; the rest wait for its outcome.
-        let limit = if state.breakers.half_open(&peer) {
-            1
+        if lane.notices || lane.batches >= BATCHES_IN_FLIGHT || (half_open && lane.batches > 0) {
+            continue;
+        }
+        let limit = if half_open { 1 } else { CLAIM_LIMIT };
+        let scope = if lane.batches == 0 {
+            storage::ClaimScope::Any
         } else {
-            CLAIM_LIMIT
+            storage::ClaimScope::DataBeforeNotices
         };
-        let messages = storage::claim_due(&state.db, now, now + LEASE, &peer, limit).await?;
+        let messages = storage::claim_due(&state.db, now, now + LEASE, &peer, limit, scope).await?;
         if messages.is_empty() {
             continue;
         }
         count += messages.len();
-        state.breakers.set_busy(&peer, true);
+        let notices = messages.iter().any(|m| m.is_notice);
+        state.breakers.start(&peer, notices);
         let state = state.clone();
         tasks.spawn(async move {
             deliver_to_peer(&state, &peer, messages).await;
-            state.breakers.set_busy(&peer, false);
+            state.breakers.finish(&peer, notices);
             // The peer may have more due: look again now.
             state.delivery_wake.notify_one();
         });

@@ -3,3 +3,7 @@
 -- while another peer's rows are claimed. It replaces the index on (status, priority, audit_idx).
 DROP INDEX outbox_due;
 CREATE INDEX outbox_due_by_peer ON outbox (recipient, status, priority, audit_idx);
+-- A peer's first queued consent notice: data accepted after it waits until it has been
+-- delivered (`ClaimScope::DataBeforeNotices`). Only queued notices are in it, so it stays small.
+CREATE INDEX outbox_queued_notices ON outbox (recipient, audit_idx)
+    WHERE status = 'queued' AND message_type IN ('consent.granted', 'consent.withdrawn');

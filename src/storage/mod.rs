@@ -47,7 +47,7 @@ pub use audit::{
 pub use audit_query::{audit_checkpoint_of_size, audit_entry_range, audit_leaf_hash_range};
 pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
 pub use outbox::{
-    ClaimedMessage, NewOutboxMessage, OutboxMessage, claim_due, consent_notices,
+    ClaimScope, ClaimedMessage, NewOutboxMessage, OutboxMessage, claim_due, consent_notices,
     expired_inbox_count, mark_delivered_many, mark_refused, outbox_message, outbox_status_counts,
     release_claims_many, release_own_stale_claims,
 };

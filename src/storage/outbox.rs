@@ -71,6 +71,8 @@ pub struct ClaimedMessage {
     pub recipient: String,
     pub envelope: Vec<u8>,
     pub attempts: u32,
+    /// A consent notice (granted or withdrawn), which later data may depend on.
+    pub is_notice: bool,
 }
 
 type OutboxRow = (
@@ -155,58 +157,96 @@ pub async fn outbox_status_counts(db: &Database) -> Result<Vec<(String, u64)>, S
         .collect()
 }
 
-/// Claims up to `limit` due rows for `peer` (queued, due, not claimed by a live lease), most
-/// urgent first. Each claim lasts until `lease_until`. The index on (recipient, status, priority,
-/// audit_idx) makes this a range read of that peer's queue: a long backlog for another peer (one
-/// that is down, say) is never scanned.
+/// Which of a peer's due rows a claim may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimScope {
+    /// Any, most urgent first (withdrawal notices, then in order of acceptance).
+    Any,
+    /// Only data messages accepted before the peer's first queued consent notice: what may go
+    /// while another batch is still in flight, since data never depends on other data, but
+    /// data under a consent must not overtake the consent's own notice.
+    DataBeforeNotices,
+}
+
+/// A claimed row: id, recipient, envelope, attempts, priority, audit index, type.
+type ClaimRow = (String, String, Vec<u8>, i64, i32, i64, String);
+
+/// The claim statement: `$1` now, `$2` the lease's end, `$3` the limit, `$4` the peer.
+macro_rules! claim_sql {
+    ($locking:literal; $($scope:tt)*) => {
+        concat!(
+            "UPDATE outbox SET claimed_until = $2 WHERE message_id IN (\
+               SELECT message_id FROM outbox WHERE recipient = $4 AND status = 'queued' \
+               AND next_attempt_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1) ",
+            $($scope)*,
+            " ORDER BY priority, audit_idx LIMIT $3 ",
+            $locking,
+            ") RETURNING message_id, recipient, envelope, attempts, priority, audit_idx, \
+             message_type"
+        )
+    };
+}
+
+/// The extra condition of [`ClaimScope::DataBeforeNotices`]; the first queued notice is found
+/// through the partial index `outbox_queued_notices`.
+macro_rules! data_before_notices {
+    () => {
+        "AND message_type NOT IN ('consent.granted', 'consent.withdrawn') \
+         AND audit_idx < COALESCE((SELECT MIN(n.audit_idx) FROM outbox n \
+         WHERE n.recipient = $4 AND n.status = 'queued' \
+         AND n.message_type IN ('consent.granted', 'consent.withdrawn')), 9223372036854775807)"
+    };
+}
+
+/// Claims up to `limit` due rows for `peer` (queued, due, not claimed by a live lease) within
+/// `scope`, most urgent first. Each claim lasts until `lease_until`. The index on (recipient,
+/// status, priority, audit_idx) makes this a range read of that peer's queue: a long backlog
+/// for another peer (one that is down, say) is never scanned.
 pub async fn claim_due(
     db: &Database,
     now: OffsetDateTime,
     lease_until: OffsetDateTime,
     peer: &OrgId,
     limit: u32,
+    scope: ClaimScope,
 ) -> Result<Vec<ClaimedMessage>, StorageError> {
-    let sql = match db {
-        Database::Sqlite(_) => {
-            "UPDATE outbox SET claimed_until = $2 WHERE message_id IN (\
-               SELECT message_id FROM outbox WHERE recipient = $4 AND status = 'queued' \
-               AND next_attempt_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1) \
-               ORDER BY priority, audit_idx LIMIT $3) \
-             RETURNING message_id, recipient, envelope, attempts, priority, audit_idx"
+    let sql = match (db, scope) {
+        (Database::Sqlite(_), ClaimScope::Any) => claim_sql!(""; ""),
+        (Database::Sqlite(_), ClaimScope::DataBeforeNotices) => {
+            claim_sql!(""; data_before_notices!())
         }
-        Database::Postgres(_) => {
-            "UPDATE outbox SET claimed_until = $2 WHERE message_id IN (\
-               SELECT message_id FROM outbox WHERE recipient = $4 AND status = 'queued' \
-               AND next_attempt_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1) \
-               ORDER BY priority, audit_idx LIMIT $3 FOR UPDATE SKIP LOCKED) \
-             RETURNING message_id, recipient, envelope, attempts, priority, audit_idx"
+        (Database::Postgres(_), ClaimScope::Any) => claim_sql!("FOR UPDATE SKIP LOCKED"; ""),
+        (Database::Postgres(_), ClaimScope::DataBeforeNotices) => {
+            claim_sql!("FOR UPDATE SKIP LOCKED"; data_before_notices!())
         }
     };
     let now = db_time(now);
     let lease = db_time(lease_until);
-    let mut rows: Vec<(String, String, Vec<u8>, i64, i32, i64)> =
-        on_each_engine!(db, Database, |pool| {
-            sqlx::query_as(sql)
-                .bind(&now)
-                .bind(&lease)
-                .bind(i64::from(limit))
-                .bind(peer.as_str())
-                .fetch_all(pool)
-                .await?
-        });
+    let mut rows: Vec<ClaimRow> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_as(sql)
+            .bind(&now)
+            .bind(&lease)
+            .bind(i64::from(limit))
+            .bind(peer.as_str())
+            .fetch_all(pool)
+            .await?
+    });
     // RETURNING does not keep the subquery's order.
     rows.sort_by_key(|r| (r.4, r.5));
     rows.into_iter()
-        .map(|(message_id, recipient, envelope, attempts, _, _)| {
-            Ok(ClaimedMessage {
-                message_id,
-                recipient,
-                envelope,
-                attempts: u32::try_from(attempts).map_err(|_| {
-                    StorageError::Invariant("an attempt count is out of range".into())
-                })?,
-            })
-        })
+        .map(
+            |(message_id, recipient, envelope, attempts, _, _, message_type)| {
+                Ok(ClaimedMessage {
+                    message_id,
+                    recipient,
+                    envelope,
+                    is_notice: message_type.starts_with("consent."),
+                    attempts: u32::try_from(attempts).map_err(|_| {
+                        StorageError::Invariant("an attempt count is out of range".into())
+                    })?,
+                })
+            },
+        )
         .collect()
 }
 

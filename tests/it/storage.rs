@@ -104,3 +104,99 @@ async fn storage_on_postgres_migrates_idempotently_and_keeps_manifest_state() {
     a.close().await;
     b.close().await;
 }
+
+/// Puts a queued outbox row straight into the table (the write path is tested elsewhere).
+async fn queue_row(db: &Database, id: &str, recipient: &str, message_type: &str, audit_idx: i64) {
+    let sql = "INSERT INTO outbox (message_id, recipient, message_type, consent_id, priority, \
+               audit_idx, envelope, status, next_attempt_at, created_at, updated_at) \
+               VALUES ($1, $2, $3, 'c', $4, $5, $6, 'queued', $7, $7, $7)";
+    let priority = i32::from(message_type != "consent.withdrawn");
+    let at = "2026-01-01T00:00:00.000000Z";
+    match db {
+        Database::Sqlite(pool) => {
+            sqlx::query(sql)
+                .bind(id)
+                .bind(recipient)
+                .bind(message_type)
+                .bind(priority)
+                .bind(audit_idx)
+                .bind(id.as_bytes())
+                .bind(at)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Database::Postgres(pool) => {
+            sqlx::query(sql)
+                .bind(id)
+                .bind(recipient)
+                .bind(message_type)
+                .bind(priority)
+                .bind(audit_idx)
+                .bind(id.as_bytes())
+                .bind(at)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn claims_follow_each_peers_queue_and_keep_data_behind_its_notice(db: &Database) {
+    let club: brobygger::domain::OrgId = "red-barnet".parse().unwrap();
+    let other: brobygger::domain::OrgId = "other-org".parse().unwrap();
+    queue_row(db, "d1", "red-barnet", "activity-summary", 1).await;
+    queue_row(db, "grant", "red-barnet", "consent.granted", 2).await;
+    queue_row(db, "d2", "red-barnet", "activity-summary", 3).await;
+    queue_row(db, "x", "other-org", "referral", 4).await;
+    let now = time::macros::datetime!(2026-01-02 00:00 UTC);
+    let lease = now + time::Duration::minutes(1);
+    let claim = |peer: &brobygger::domain::OrgId, scope| {
+        let peer = peer.clone();
+        async move {
+            storage::claim_due(db, now, lease, &peer, 10, scope)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| (m.message_id, m.is_notice))
+                .collect::<Vec<_>>()
+        }
+    };
+    // Beside a batch in flight, only data accepted before the first queued notice may go.
+    assert_eq!(
+        claim(&club, storage::ClaimScope::DataBeforeNotices).await,
+        vec![("d1".to_owned(), false)]
+    );
+    // Alone, the notice goes first of what is left, then the data after it; the other peer's
+    // queue is its own.
+    assert_eq!(
+        claim(&club, storage::ClaimScope::Any).await,
+        vec![("grant".to_owned(), true), ("d2".to_owned(), false)]
+    );
+    assert_eq!(
+        claim(&other, storage::ClaimScope::Any).await,
+        vec![("x".to_owned(), false)]
+    );
+    // Everything is claimed under a live lease now.
+    assert!(claim(&club, storage::ClaimScope::Any).await.is_empty());
+}
+
+#[tokio::test]
+async fn claims_follow_each_peers_queue_and_keep_data_behind_its_notice_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open(&config(DatabaseUrl::Sqlite(dir.path().join("node.db"))))
+        .await
+        .unwrap();
+    claims_follow_each_peers_queue_and_keep_data_behind_its_notice(&db).await;
+    db.close().await;
+}
+
+#[tokio::test]
+async fn claims_follow_each_peers_queue_and_keep_data_behind_its_notice_on_postgres() {
+    let test_db = postgres::fresh_database().await;
+    let db = Database::open(&config(DatabaseUrl::Postgres(test_db.url.clone())))
+        .await
+        .unwrap();
+    claims_follow_each_peers_queue_and_keep_data_behind_its_notice(&db).await;
+    db.close().await;
+}
