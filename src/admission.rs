@@ -743,7 +743,7 @@ async fn admit_outbound_unguarded(
             Err(e) => return Err(Problem::unavailable(&e)),
         }
     }
-    let submission: SubmissionV1 = match serde_path_to_error::deserialize(item.clone()) {
+    let submission: SubmissionV1 = match serde_path_to_error::deserialize(item) {
         Ok(submission) => submission,
         Err(e) => {
             let pointer = format!("/{}", e.path().to_string().replace('.', "/"));

@@ -108,6 +108,10 @@ fn first_violation(
     instance: &Value,
     prefix: &str,
 ) -> Result<(), SchemaViolation> {
+    // The common case first: checking validity alone is much cheaper than collecting errors.
+    if validator.is_valid(instance) {
+        return Ok(());
+    }
     match validator.iter_errors(instance).next() {
         None => Ok(()),
         Some(error) => {
