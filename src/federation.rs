@@ -639,10 +639,42 @@ async fn replay_answer(
     if let Some(problem) = seen.problem {
         return Ok(problem);
     }
-    match seen.receipt {
-        Some(receipt) => Ok(receipt),
-        None => rebuild_receipt(state, sender, message_id, seen.audit_idx).await,
+    match (seen.receipt, seen.receipt_parts) {
+        (Some(receipt), _) => Ok(receipt),
+        (None, Some((proof, tree_size))) => {
+            receipt_from_parts(state, message_id, seen.audit_idx, &proof, tree_size).await
+        }
+        (None, None) => rebuild_receipt(state, sender, message_id, seen.audit_idx).await,
     }
+}
+
+/// The receipt first answered for an admitted message, rebuilt from its stored parts: the
+/// admitting entry, the inclusion proof and the checkpoint its commit signed. The same inputs
+/// as at the commit, so the same bytes.
+async fn receipt_from_parts(
+    state: &NodeState,
+    message_id: &crate::domain::MessageId,
+    index: u64,
+    proof: &[u8],
+    tree_size: u64,
+) -> Result<String, Problem> {
+    use crate::storage;
+    let unavailable = |e: storage::StorageError| Problem::unavailable(&e);
+    let entry = storage::audit_entry(&state.db, index)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Problem::internal(&"the admitting entry is missing"))?;
+    let note = storage::audit_checkpoint_of_size(&state.db, tree_size)
+        .await
+        .map_err(unavailable)?
+        .ok_or_else(|| Problem::internal(&"the checkpoint of a stored receipt is missing"))?;
+    let hashes: Vec<crate::audit::merkle::Hash> = proof
+        .chunks(32)
+        .map(|chunk| <[u8; 32]>::try_from(chunk).ok())
+        .collect::<Option<_>>()
+        .ok_or_else(|| Problem::internal(&"a stored inclusion proof is not whole hashes"))?;
+    let answer = crate::receipt::build(message_id.as_str(), index, &entry, &hashes, &note, None);
+    serde_json::to_string(&answer).map_err(|e| Problem::internal(&e))
 }
 
 /// Rebuilds the receipt of an admitted message whose receipt was never stored (the node stopped

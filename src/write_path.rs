@@ -175,6 +175,8 @@ enum Change {
 struct ApplyContext<'a> {
     batch: &'a CommittedBatch,
     note: &'a str,
+    /// The size of the tree the commit's checkpoint signs.
+    tree_size: u64,
 }
 
 impl ApplyContext<'_> {
@@ -374,6 +376,7 @@ impl StateChange {
                             status: 200,
                             problem: None,
                             receipt: Some(&json),
+                            receipt_parts: None,
                         },
                         audit_idx,
                     }])
@@ -397,6 +400,7 @@ impl StateChange {
                             status: *status,
                             problem: problem.as_deref(),
                             receipt: None,
+                            receipt_parts: None,
                         },
                         audit_idx,
                     }])
@@ -489,13 +493,17 @@ struct PendingAnswer<'a> {
     envelope_sha256: &'a str,
     status: u16,
     problem: Option<&'a str>,
-    receipt: Option<String>,
+    /// An admission's receipt, as the parts it is rebuilt from (the proof's hashes,
+    /// concatenated, and the commit's tree size).
+    receipt_parts: Option<(Vec<u8>, u64)>,
     audit_idx: u64,
 }
 
 /// The common inserts of a group commit, gathered to be written many rows per statement.
 #[derive(Default)]
 struct PendingRows<'a> {
+    /// Whether a receipt was stored as its parts in this commit.
+    stored_receipt_parts: bool,
     answers: Vec<PendingAnswer<'a>>,
     inbox: Vec<(Slot, (&'a NewInboxMessage, u64))>,
     outbox: Vec<(Slot, (&'a NewOutboxMessage, u64))>,
@@ -521,8 +529,15 @@ impl<'a> PendingRows<'a> {
                 envelope_sha256,
                 ack: None,
             } => {
-                let json = context.receipt_json(audit_idx, message_id, None, &[])?;
-                *answer = Some(json.clone());
+                *answer = Some(context.receipt_json(audit_idx, message_id, None, &[])?);
+                let proof = context
+                    .batch
+                    .tree
+                    .inclusion_proof(audit_idx)
+                    .ok_or_else(|| {
+                        StorageError::Invariant("a receipt for an entry outside its commit".into())
+                    })?
+                    .concat();
                 self.answers.push(PendingAnswer {
                     slot,
                     sender,
@@ -530,7 +545,7 @@ impl<'a> PendingRows<'a> {
                     envelope_sha256,
                     status: 200,
                     problem: None,
-                    receipt: Some(json),
+                    receipt_parts: Some((proof, context.tree_size)),
                     audit_idx,
                 });
             }
@@ -547,7 +562,7 @@ impl<'a> PendingRows<'a> {
                 envelope_sha256,
                 status: *status,
                 problem: problem.as_deref(),
-                receipt: None,
+                receipt_parts: None,
                 audit_idx,
             }),
             Change::StoreInbound(message) => self.inbox.push((slot, (message, audit_idx))),
@@ -583,12 +598,19 @@ impl<'a> PendingRows<'a> {
                     answer: storage::RememberedAnswer {
                         status: p.status,
                         problem: p.problem,
-                        receipt: p.receipt.as_deref(),
+                        receipt: None,
+                        receipt_parts: p.receipt_parts.as_ref().map(|(proof, tree_size)| {
+                            storage::ReceiptParts {
+                                proof,
+                                tree_size: *tree_size,
+                            }
+                        }),
                     },
                     audit_idx: p.audit_idx,
                 })
                 .collect();
             let stored = tx.remember_messages(&rows).await?;
+            self.stored_receipt_parts |= self.answers.iter().any(|p| p.receipt_parts.is_some());
             for (pending, count) in self.answers.iter().zip(stored) {
                 place(pending.slot, count);
             }
@@ -1099,6 +1121,7 @@ impl WriterState {
         let context = ApplyContext {
             batch: &batch,
             note: &note,
+            tree_size: head.size,
         };
         // Each job's changes carry the index of the job's first record: the entry that
         // records the decision behind them.
@@ -1143,9 +1166,12 @@ impl WriterState {
             .write(&mut tx, &mut counts)
             .await
             .map_err(storage_error)?;
-        let keep_history = self
-            .last_history
-            .is_none_or(|t| t.elapsed() >= HISTORY_INTERVAL);
+        // A receipt stored as its parts is rebuilt with this commit's checkpoint, so a commit
+        // that stored one keeps its checkpoint in the history.
+        let keep_history = pending.stored_receipt_parts
+            || self
+                .last_history
+                .is_none_or(|t| t.elapsed() >= HISTORY_INTERVAL);
         tx.save_audit_tree(&StoredTree { frontier, root }, &note, keep_history)
             .await
             .map_err(storage_error)?;

@@ -21,6 +21,9 @@ pub struct SeenMessage {
     pub audit_idx: u64,
     /// The receipt of an admitted message, once stored.
     pub receipt: Option<String>,
+    /// Or what it is rebuilt from: the inclusion proof (concatenated hashes) and the size of
+    /// the tree of the checkpoint it was first answered with.
+    pub receipt_parts: Option<(Vec<u8>, u64)>,
 }
 
 /// The first answer to `message_id` from `sender`, if it was seen.
@@ -40,15 +43,24 @@ pub async fn seen_messages(
     sender: &OrgId,
     message_ids: &[&MessageId],
 ) -> Result<HashMap<MessageId, SeenMessage>, StorageError> {
-    type Row = (String, String, i32, Option<String>, i64, Option<String>);
+    type Row = (
+        String,
+        String,
+        i32,
+        Option<String>,
+        i64,
+        Option<String>,
+        Option<Vec<u8>>,
+        Option<i64>,
+    );
     let mut found = HashMap::with_capacity(message_ids.len());
     for chunk in message_ids.chunks(IDS_PER_STATEMENT) {
         let keys: Vec<String> = chunk.iter().map(|id| id.as_str().to_owned()).collect();
         let rows: Vec<Row> = match db {
             Database::Sqlite(pool) => {
                 let mut builder = sqlx::QueryBuilder::new(
-                    "SELECT message_id, envelope_sha256, status, problem, audit_idx, receipt \
-                     FROM seen_messages WHERE sender = ",
+                    "SELECT message_id, envelope_sha256, status, problem, audit_idx, receipt, \
+                     receipt_proof, receipt_tree_size FROM seen_messages WHERE sender = ",
                 );
                 builder.push_bind(sender.as_str().to_owned());
                 builder.push(" AND message_id IN (");
@@ -65,8 +77,9 @@ pub async fn seen_messages(
             }
             Database::Postgres(pool) => {
                 sqlx::query_as(
-                    "SELECT message_id, envelope_sha256, status, problem, audit_idx, receipt \
-                     FROM seen_messages WHERE sender = $1 AND message_id = ANY($2)",
+                    "SELECT message_id, envelope_sha256, status, problem, audit_idx, receipt, \
+                     receipt_proof, receipt_tree_size FROM seen_messages \
+                     WHERE sender = $1 AND message_id = ANY($2)",
                 )
                 .bind(sender.as_str())
                 .bind(&keys)
@@ -74,7 +87,8 @@ pub async fn seen_messages(
                 .await?
             }
         };
-        for (message_id, envelope_sha256, status, problem, audit_idx, receipt) in rows {
+        for (message_id, envelope_sha256, status, problem, audit_idx, receipt, proof, size) in rows
+        {
             let message_id: MessageId = message_id
                 .parse()
                 .map_err(|_| StorageError::Invariant("a stored message id is invalid".into()))?;
@@ -86,6 +100,10 @@ pub async fn seen_messages(
                 problem,
                 audit_idx: to_u64(audit_idx)?,
                 receipt,
+                receipt_parts: match (proof, size) {
+                    (Some(proof), Some(size)) => Some((proof, to_u64(size)?)),
+                    _ => None,
+                },
             };
             found.insert(message_id, seen);
         }
@@ -190,6 +208,19 @@ pub struct RememberedAnswer<'a> {
     pub status: u16,
     pub problem: Option<&'a str>,
     pub receipt: Option<&'a str>,
+    /// Instead of `receipt`: the parts a receipt is rebuilt from that are not stored
+    /// elsewhere (see [`ReceiptParts`]).
+    pub receipt_parts: Option<ReceiptParts<'a>>,
+}
+
+/// What a receipt is rebuilt from besides the admitting entry (in `audit_entries`) and the
+/// checkpoint of its commit (kept in `audit_checkpoints`): the inclusion proof's hashes,
+/// concatenated, and the size of that checkpoint's tree. About 600 bytes instead of the
+/// receipt's 2,400, which is most of what admitting a message writes.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiptParts<'a> {
+    pub proof: &'a [u8],
+    pub tree_size: u64,
 }
 
 /// One message id's first answer, to be remembered in the replay table.
@@ -257,21 +288,29 @@ impl WriteTx {
                 WriteTx::Sqlite(tx) => {
                     let mut builder: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
                         "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
-                         problem, audit_idx, receipt) ",
+                         problem, audit_idx, receipt, receipt_proof, receipt_tree_size) ",
                     );
-                    let indexes = chunk
+                    let numbers = chunk
                         .iter()
-                        .map(|row| to_i64(row.audit_idx))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    builder.push_values(chunk.iter().zip(indexes), |mut b, (row, audit_idx)| {
-                        b.push_bind(row.sender.as_str().to_owned())
-                            .push_bind(row.message_id.as_str().to_owned())
-                            .push_bind(row.envelope_sha256.to_owned())
-                            .push_bind(i32::from(row.answer.status))
-                            .push_bind(row.answer.problem.map(str::to_owned))
-                            .push_bind(audit_idx)
-                            .push_bind(row.answer.receipt.map(str::to_owned));
-                    });
+                        .map(|row| {
+                            let size = row.answer.receipt_parts.map(|p| to_i64(p.tree_size));
+                            Ok((to_i64(row.audit_idx)?, size.transpose()?))
+                        })
+                        .collect::<Result<Vec<_>, StorageError>>()?;
+                    builder.push_values(
+                        chunk.iter().zip(numbers),
+                        |mut b, (row, (audit_idx, tree_size))| {
+                            b.push_bind(row.sender.as_str().to_owned())
+                                .push_bind(row.message_id.as_str().to_owned())
+                                .push_bind(row.envelope_sha256.to_owned())
+                                .push_bind(i32::from(row.answer.status))
+                                .push_bind(row.answer.problem.map(str::to_owned))
+                                .push_bind(audit_idx)
+                                .push_bind(row.answer.receipt.map(str::to_owned))
+                                .push_bind(row.answer.receipt_parts.map(|p| p.proof.to_vec()))
+                                .push_bind(tree_size);
+                        },
+                    );
                     builder.push(
                         " ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id",
                     );
@@ -290,7 +329,16 @@ impl WriteTx {
                     let mut problems = Vec::with_capacity(chunk.len());
                     let mut indexes = Vec::with_capacity(chunk.len());
                     let mut receipts = Vec::with_capacity(chunk.len());
+                    let mut proofs = Vec::with_capacity(chunk.len());
+                    let mut sizes = Vec::with_capacity(chunk.len());
                     for row in chunk {
+                        proofs.push(row.answer.receipt_parts.map(|p| p.proof.to_vec()));
+                        sizes.push(
+                            row.answer
+                                .receipt_parts
+                                .map(|p| to_i64(p.tree_size))
+                                .transpose()?,
+                        );
                         senders.push(row.sender.as_str().to_owned());
                         ids.push(row.message_id.as_str().to_owned());
                         hashes.push(row.envelope_sha256.to_owned());
@@ -301,9 +349,9 @@ impl WriteTx {
                     }
                     sqlx::query_as(
                         "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
-                         problem, audit_idx, receipt) \
+                         problem, audit_idx, receipt, receipt_proof, receipt_tree_size) \
                          SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::INTEGER[], \
-                         $5::TEXT[], $6::BIGINT[], $7::TEXT[]) \
+                         $5::TEXT[], $6::BIGINT[], $7::TEXT[], $8::BYTEA[], $9::BIGINT[]) \
                          ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id",
                     )
                     .bind(senders)
@@ -313,6 +361,8 @@ impl WriteTx {
                     .bind(problems)
                     .bind(indexes)
                     .bind(receipts)
+                    .bind(proofs)
+                    .bind(sizes)
                     .fetch_all(&mut **tx)
                     .await?
                 }

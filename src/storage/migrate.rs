@@ -50,6 +50,11 @@ const SQLITE: &[Migration] = &[
         name: "outbox_by_peer",
         sql: include_str!("../../migrations/sqlite/0008_outbox_by_peer.sql"),
     },
+    Migration {
+        version: 9,
+        name: "compact_receipts",
+        sql: include_str!("../../migrations/sqlite/0009_compact_receipts.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[
@@ -92,6 +97,11 @@ const POSTGRES: &[Migration] = &[
         version: 8,
         name: "outbox_by_peer",
         sql: include_str!("../../migrations/postgres/0008_outbox_by_peer.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "compact_receipts",
+        sql: include_str!("../../migrations/postgres/0009_compact_receipts.sql"),
     },
 ];
 

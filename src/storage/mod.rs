@@ -34,9 +34,9 @@ mod peer_checkpoints;
 pub use consents::{NewConsent, StoredConsent, StoredEvent, consent, consent_tombstoned, consents};
 pub use lookups::{ConsentCache, Lookups};
 pub use messages::{
-    InboxFilter, InboxMessage, NewInboxMessage, RememberRow, RememberedAnswer, SeenMessage,
-    SentMessage, SubjectStory, inbox_messages, inbox_page, seen_message, seen_messages,
-    store_receipt, subject_story,
+    InboxFilter, InboxMessage, NewInboxMessage, ReceiptParts, RememberRow, RememberedAnswer,
+    SeenMessage, SentMessage, SubjectStory, inbox_messages, inbox_page, seen_message,
+    seen_messages, store_receipt, subject_story,
 };
 
 pub use audit::{

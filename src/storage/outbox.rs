@@ -222,6 +222,22 @@ pub async fn claim_due(
     };
     let now = db_time(now);
     let lease = db_time(lease_until);
+    // On SQLite a claim is a write and takes the database's one write lock, which the group
+    // commit then waits for (in SQLite's busy handler, which sleeps): look first, with a read
+    // that takes no lock, and claim only if something is due.
+    if let Database::Sqlite(pool) = db {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM outbox WHERE recipient = $1 AND status = 'queued' \
+             AND next_attempt_at <= $2 AND (claimed_until IS NULL OR claimed_until < $2) LIMIT 1",
+        )
+        .bind(peer.as_str())
+        .bind(&now)
+        .fetch_optional(pool)
+        .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
+    }
     let mut rows: Vec<ClaimRow> = on_each_engine!(db, Database, |pool| {
         sqlx::query_as(sql)
             .bind(&now)
