@@ -6,7 +6,8 @@
 //! commits (one fsync), and answers every waiter with its leaf index and that checkpoint. If
 //! anything fails, every waiter of the batch gets an error and nothing is answered as done.
 //! The latest checkpoint is committed with its entries; earlier ones are kept about once a
-//! second as history.
+//! second as history, and always when the commit admitted a message from a peer: its receipt is
+//! kept as parts (the inclusion proof) and rebuilt with that checkpoint on a replay.
 //!
 //! The node refuses to sign a checkpoint smaller than the last one it published. The published
 //! checkpoint is kept in a state file beside the signing key (not only in the database), written

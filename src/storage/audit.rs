@@ -1,5 +1,5 @@
 //! The audit log's tables: entries, the tree's right edge with the latest checkpoint, and a
-//! sparse history of earlier checkpoints.
+//! history of earlier checkpoints (about one a second, and every one a receipt was given with).
 //!
 //! Appends happen inside a [`WriteTx`], the one transaction of a group commit. On PostgreSQL
 //! that transaction first takes an advisory lock and then re-reads the tree state, so replicas
