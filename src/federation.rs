@@ -411,9 +411,14 @@ async fn answer_one(
         }
         Admission::Decided(decided) => {
             let decided = *decided;
+            // The claim on this message id lives until the commit, even if this request is
+            // dropped first (its client gone): a resent copy must then find the decision.
+            let hold = decided
+                .in_flight
+                .map(|guard| Box::new(guard) as crate::write_path::Hold);
             let (receipt, _, answer) = state
                 .audit
-                .append_with_answer(decided.record, decided.changes)
+                .append_decision(decided.record, decided.changes, hold)
                 .await
                 .map_err(|e| Problem::unavailable(&e))?;
             crate::failpoint::hit(crate::failpoint::RECEIVER_AFTER_COMMIT);

@@ -105,7 +105,15 @@ struct Job {
     /// Changes that commit in the same transaction as the records, or not at all.
     changes: Vec<StateChange>,
     reply: oneshot::Sender<Result<Committed, WriteError>>,
+    /// Kept until the job is committed (or failed), even if its caller is gone by then.
+    _hold: Option<Hold>,
 }
+
+/// Something a caller needs kept until its job is committed or has failed, such as the claim
+/// that nobody else decides the same message meanwhile (`admission::InFlightGuard`). A request
+/// whose client disconnects is dropped by the server while its job waits in the writer's queue;
+/// its job still commits, so what it holds must live as long as the job, not the request.
+pub type Hold = Box<dyn std::any::Any + Send + Sync>;
 
 /// What a job's commit returned: one receipt per record, and per change the rows it touched.
 struct Committed {
@@ -700,7 +708,18 @@ impl WritePath {
         record: AuditRecord,
         changes: Vec<StateChange>,
     ) -> Result<(AuditReceipt, Vec<u64>, Option<String>), WriteError> {
-        let committed = self.submit(vec![record], changes).await?;
+        self.append_decision(record, changes, None).await
+    }
+
+    /// As [`WritePath::append_with_answer`], keeping `hold` until the job is committed or has
+    /// failed, whether or not the caller still waits (see [`Hold`]).
+    pub async fn append_decision(
+        &self,
+        record: AuditRecord,
+        changes: Vec<StateChange>,
+        hold: Option<Hold>,
+    ) -> Result<(AuditReceipt, Vec<u64>, Option<String>), WriteError> {
+        let committed = self.submit_holding(vec![record], changes, hold).await?;
         let receipt =
             committed.receipts.into_iter().next().ok_or_else(|| {
                 WriteError::Storage("the writer answered without a receipt".into())
@@ -713,12 +732,22 @@ impl WritePath {
         records: Vec<AuditRecord>,
         changes: Vec<StateChange>,
     ) -> Result<Committed, WriteError> {
+        self.submit_holding(records, changes, None).await
+    }
+
+    async fn submit_holding(
+        &self,
+        records: Vec<AuditRecord>,
+        changes: Vec<StateChange>,
+        hold: Option<Hold>,
+    ) -> Result<Committed, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Job {
                 records,
                 changes,
                 reply,
+                _hold: hold,
             })
             .await
             .map_err(|_| WriteError::Stopped)?;

@@ -144,9 +144,14 @@ async fn submit_one(
         Admission::Replay(seen, message_id) => Ok((replayed(seen, &message_id), None)),
         Admission::Decided(decided) => {
             let decided = *decided;
-            let (receipt, _) = state
+            // The claim on the client's message id lives until the commit, even if this request
+            // is dropped first (its client gone): a retry must then find the decision.
+            let hold = decided
+                .in_flight
+                .map(|guard| Box::new(guard) as crate::write_path::Hold);
+            let (receipt, _, _) = state
                 .audit
-                .append_with(decided.record, decided.changes)
+                .append_decision(decided.record, decided.changes, hold)
                 .await
                 .map_err(|e| Problem::unavailable(&e))?;
             let result = match decided.outcome {

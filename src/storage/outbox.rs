@@ -160,7 +160,9 @@ pub async fn outbox_status_counts(db: &Database) -> Result<Vec<(String, u64)>, S
 /// Which of a peer's due rows a claim may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimScope {
-    /// Any, most urgent first (withdrawal notices, then in order of acceptance).
+    /// Any, most urgent first (withdrawal notices, then in order of acceptance), except data
+    /// accepted after a queued consent notice that cannot be claimed now (waiting for its
+    /// retry, or claimed by another replica): data must not overtake its grant.
     Any,
     /// Only data messages accepted before the peer's first queued consent notice: what may go
     /// while another batch is still in flight, since data never depends on other data, but
@@ -198,6 +200,18 @@ macro_rules! data_before_notices {
     };
 }
 
+/// The extra condition of [`ClaimScope::Any`]: nothing accepted after the peer's first queued
+/// notice that this claim cannot take (in flight, or waiting for its retry).
+macro_rules! before_waiting_notices {
+    () => {
+        "AND audit_idx < COALESCE((SELECT MIN(n.audit_idx) FROM outbox n \
+         WHERE n.recipient = $4 AND n.status = 'queued' \
+         AND n.message_type IN ('consent.granted', 'consent.withdrawn') \
+         AND NOT (n.next_attempt_at <= $1 \
+         AND (n.claimed_until IS NULL OR n.claimed_until < $1))), 9223372036854775807)"
+    };
+}
+
 /// Claims up to `limit` due rows for `peer` (queued, due, not claimed by a live lease) within
 /// `scope`, most urgent first. Each claim lasts until `lease_until`. The index on (recipient,
 /// status, priority, audit_idx) makes this a range read of that peer's queue: a long backlog
@@ -211,11 +225,13 @@ pub async fn claim_due(
     scope: ClaimScope,
 ) -> Result<Vec<ClaimedMessage>, StorageError> {
     let sql = match (db, scope) {
-        (Database::Sqlite(_), ClaimScope::Any) => claim_sql!(""; ""),
+        (Database::Sqlite(_), ClaimScope::Any) => claim_sql!(""; before_waiting_notices!()),
         (Database::Sqlite(_), ClaimScope::DataBeforeNotices) => {
             claim_sql!(""; data_before_notices!())
         }
-        (Database::Postgres(_), ClaimScope::Any) => claim_sql!("FOR UPDATE SKIP LOCKED"; ""),
+        (Database::Postgres(_), ClaimScope::Any) => {
+            claim_sql!("FOR UPDATE SKIP LOCKED"; before_waiting_notices!())
+        }
         (Database::Postgres(_), ClaimScope::DataBeforeNotices) => {
             claim_sql!("FOR UPDATE SKIP LOCKED"; data_before_notices!())
         }

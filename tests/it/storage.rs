@@ -179,6 +179,33 @@ async fn claims_follow_each_peers_queue_and_keep_data_behind_its_notice(db: &Dat
     );
     // Everything is claimed under a live lease now.
     assert!(claim(&club, storage::ClaimScope::Any).await.is_empty());
+    // A grant in flight (claimed, here by another replica) holds back what was accepted after
+    // it; so does a grant waiting for its retry, but not what came before it.
+    queue_row(db, "d3", "red-barnet", "activity-summary", 5).await;
+    assert!(claim(&club, storage::ClaimScope::Any).await.is_empty());
+    execute(
+        db,
+        "UPDATE outbox SET status = 'delivered' WHERE message_id IN ('d1', 'grant', 'd2')",
+    )
+    .await;
+    queue_row(db, "grant2", "red-barnet", "consent.granted", 6).await;
+    queue_row(db, "d4", "red-barnet", "activity-summary", 7).await;
+    execute(db, "UPDATE outbox SET next_attempt_at = '2026-02-01T00:00:00.000000Z' WHERE message_id = 'grant2'").await;
+    assert_eq!(
+        claim(&club, storage::ClaimScope::Any).await,
+        vec![("d3".to_owned(), false)]
+    );
+}
+
+async fn execute(db: &Database, sql: &'static str) {
+    match db {
+        Database::Sqlite(pool) => {
+            sqlx::query(sql).execute(pool).await.unwrap();
+        }
+        Database::Postgres(pool) => {
+            sqlx::query(sql).execute(pool).await.unwrap();
+        }
+    }
 }
 
 #[tokio::test]
