@@ -386,3 +386,48 @@ async fn with_the_database_made_read_only_requests_needing_an_audit_entry_are_re
     assert_eq!(after, entries_before);
     fed.stop().await;
 }
+
+/// Records, when dropped, how many group commits the writer had made by then.
+struct CommitsAtDrop {
+    stats: brobygger::write_path::WritePath,
+    seen: Arc<std::sync::Mutex<Option<u64>>>,
+}
+
+impl Drop for CommitsAtDrop {
+    fn drop(&mut self) {
+        *self.seen.lock().unwrap() = Some(self.stats.stats().snapshot().0);
+    }
+}
+
+#[tokio::test]
+async fn what_a_caller_holds_lives_until_its_job_commits_even_if_the_caller_is_gone() {
+    // A request whose client disconnects is dropped while its job waits in the writer's queue;
+    // the job still commits, so the message's in-flight claim must live until then, or a resent
+    // copy would be decided a second time.
+    let (db, _config, _pg, dir) = open(Engine::Sqlite).await;
+    let writer = Writer::spawn(db.clone(), signer(), 1, dir.path().join("published"), None);
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let hold = CommitsAtDrop {
+        stats: writer.path.clone(),
+        seen: seen.clone(),
+    };
+    let mut call = Box::pin(writer.path.append_decision(
+        record(0),
+        Vec::new(),
+        Some(Box::new(hold)),
+    ));
+    // One poll queues the job (this test's runtime has one thread, so the writer has not run
+    // yet); then the caller is gone.
+    let waker = futures_util::task::noop_waker();
+    let mut context = std::task::Context::from_waker(&waker);
+    assert!(call.as_mut().poll(&mut context).is_pending());
+    drop(call);
+    assert_eq!(*seen.lock().unwrap(), None, "dropped with its caller");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "never dropped");
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(*seen.lock().unwrap(), Some(1), "dropped after its commit");
+    assert_eq!(storage::audit_entries(&db).await.unwrap().len(), 1);
+}
