@@ -463,6 +463,12 @@ async fn deliver_once(
         if lane.notices || lane.batches >= BATCHES_IN_FLIGHT || (half_open && lane.batches > 0) {
             continue;
         }
+        // A notice that could go now must not wait behind the data of a second lane (a
+        // withdrawal goes ahead of queued data, DESIGN §3): then the lane drains first, and the
+        // next round claims the notice.
+        if lane.batches > 0 && storage::has_claimable_notice(&state.db, now, &peer).await? {
+            continue;
+        }
         let limit = if half_open { 1 } else { CLAIM_LIMIT };
         let scope = if lane.batches == 0 {
             storage::ClaimScope::Any
@@ -476,15 +482,33 @@ async fn deliver_once(
         count += messages.len();
         let notices = messages.iter().any(|m| m.is_notice);
         state.breakers.start(&peer, notices);
-        let state = state.clone();
+        // The lane is given back however the task ends, a panic included: a lane never given
+        // back would hold the peer's notices (and what follows them) back for good.
+        let lane = LaneInUse {
+            state: state.clone(),
+            peer,
+            notices,
+        };
         tasks.spawn(async move {
-            deliver_to_peer(&state, &peer, messages).await;
-            state.breakers.finish(&peer, notices);
-            // The peer may have more due: look again now.
-            state.delivery_wake.notify_one();
+            deliver_to_peer(&lane.state, &lane.peer, messages).await;
         });
     }
     Ok(count)
+}
+
+/// A batch in flight to a peer: its lane is given back when this is dropped.
+struct LaneInUse {
+    state: web::Data<NodeState>,
+    peer: OrgId,
+    notices: bool,
+}
+
+impl Drop for LaneInUse {
+    fn drop(&mut self) {
+        self.state.breakers.finish(&self.peer, self.notices);
+        // The peer may have more due: look again now.
+        self.state.delivery_wake.notify_one();
+    }
 }
 
 /// How long a stopping node waits for deliveries in flight before it abandons them (their

@@ -334,13 +334,23 @@ pub(crate) async fn read_budgeted<'a>(
         .acquire_many(kib)
         .await
         .map_err(|e| Problem::internal(&e))?;
-    Ok(read_limited(payload, limit)
-        .await?
-        .map(|bytes| BudgetedBody {
-            bytes,
-            _reserved: reserved,
-        }))
+    // A body that stops arriving must not hold the budget for long: the others wait on it.
+    let read = tokio::time::timeout(BODY_READ_TIMEOUT, read_limited(payload, limit))
+        .await
+        .map_err(|_| {
+            Problem::malformed_request(format!(
+                "the body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ))
+        })??;
+    Ok(read.map(|bytes| BudgetedBody {
+        bytes,
+        _reserved: reserved,
+    }))
 }
+
+/// How long reading a budgeted request body may take (8 MiB, the largest, at about 1 Mbit/s).
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The answer to an envelope: a fresh decision (audited before it is answered), or the first
 /// answer again for a replay (whose decision was audited the first time).

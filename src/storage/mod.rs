@@ -48,8 +48,8 @@ pub use audit_query::{audit_checkpoint_of_size, audit_entry_range, audit_leaf_ha
 pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
 pub use outbox::{
     ClaimScope, ClaimedMessage, NewOutboxMessage, OutboxMessage, claim_due, consent_notices,
-    expired_inbox_count, mark_delivered_many, mark_refused, outbox_message, outbox_status_counts,
-    release_claims_many, release_own_stale_claims,
+    expired_inbox_count, has_claimable_notice, mark_delivered_many, mark_refused, outbox_message,
+    outbox_status_counts, release_claims_many, release_own_stale_claims,
 };
 pub use peer_checkpoints::{
     NewPeerCheckpoint, PeerCheckpoint, PeerLogAlarm, advance_peer_checkpoint, peer_checkpoint,

@@ -212,6 +212,28 @@ macro_rules! before_waiting_notices {
     };
 }
 
+/// Whether `peer` has a consent notice that a claim could take now (queued, due, not claimed
+/// under a live lease). Read through the partial index of queued notices.
+pub async fn has_claimable_notice(
+    db: &Database,
+    now: OffsetDateTime,
+    peer: &OrgId,
+) -> Result<bool, StorageError> {
+    let sql = "SELECT 1 FROM outbox WHERE recipient = $1 AND status = 'queued' \
+               AND message_type IN ('consent.granted', 'consent.withdrawn') \
+               AND next_attempt_at <= $2 AND (claimed_until IS NULL OR claimed_until < $2) \
+               LIMIT 1";
+    let now = db_time(now);
+    let found: Option<i32> = on_each_engine!(db, Database, |pool| {
+        sqlx::query_scalar(sql)
+            .bind(peer.as_str())
+            .bind(&now)
+            .fetch_optional(pool)
+            .await?
+    });
+    Ok(found.is_some())
+}
+
 /// Claims up to `limit` due rows for `peer` (queued, due, not claimed by a live lease) within
 /// `scope`, most urgent first. Each claim lasts until `lease_until`. The index on (recipient,
 /// status, priority, audit_idx) makes this a range read of that peer's queue: a long backlog

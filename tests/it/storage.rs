@@ -195,6 +195,16 @@ async fn claims_follow_each_peers_queue_and_keep_data_behind_its_notice(db: &Dat
         claim(&club, storage::ClaimScope::Any).await,
         vec![("d3".to_owned(), false)]
     );
+    // A notice waiting for its retry cannot be claimed now; a queued withdrawal can, and then
+    // delivery opens no second lane for the peer until it has gone.
+    assert!(!storage::has_claimable_notice(db, now, &club).await.unwrap());
+    queue_row(db, "withdrawal", "red-barnet", "consent.withdrawn", 8).await;
+    assert!(storage::has_claimable_notice(db, now, &club).await.unwrap());
+    assert!(
+        !storage::has_claimable_notice(db, now, &other)
+            .await
+            .unwrap()
+    );
 }
 
 async fn execute(db: &Database, sql: &'static str) {
