@@ -566,18 +566,32 @@ async fn answer_batch(
             data.push(position);
         }
     }
+    let mut notice_failed = None;
     for position in notices {
         if let (Some(item), Some(slot)) = (items.get(position), answers.get_mut(position)) {
-            *slot = Some(answer_one(state, peer, item.get().as_bytes()).await);
+            let answer = answer_one(state, peer, item.get().as_bytes()).await;
+            if let Err(problem) = &answer {
+                notice_failed.get_or_insert_with(|| problem.clone());
+            }
+            *slot = Some(answer);
         }
     }
-    let concurrent = futures_util::future::join_all(data.iter().filter_map(|position| {
-        items
-            .get(*position)
-            .map(|item| answer_one(state, peer, item.get().as_bytes()))
-    }))
-    .await;
-    for (position, answer) in data.into_iter().zip(concurrent) {
+    // A notice that could not be decided now (the node could not record it) fails the request,
+    // and the sender sends the batch again. Its data is then not decided at all: decided now,
+    // without the consent its notice brings, it would be refused, and that refusal remembered
+    // as the answer to every retry.
+    let data_answers = match notice_failed {
+        Some(problem) => data.iter().map(|_| Err(problem.clone())).collect(),
+        None => {
+            futures_util::future::join_all(data.iter().filter_map(|position| {
+                items
+                    .get(*position)
+                    .map(|item| answer_one(state, peer, item.get().as_bytes()))
+            }))
+            .await
+        }
+    };
+    for (position, answer) in data.into_iter().zip(data_answers) {
         if let Some(slot) = answers.get_mut(position) {
             *slot = Some(answer);
         }
