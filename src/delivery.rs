@@ -27,8 +27,8 @@ use tokio::sync::watch;
 
 /// Rows claimed per peer and round: as many as a receiver takes in one batch request, so a
 /// backlog goes in full batches (one round trip and a few group commits at the receiver each);
-/// with envelopes of at most 64 KiB, at most 16 MiB per peer in memory, however long the
-/// backlog.
+/// with envelopes of at most 64 KiB and [`BATCHES_IN_FLIGHT`] batches, at most 32 MiB per peer
+/// in memory, however long the backlog.
 const CLAIM_LIMIT: u32 = federation::MAX_BATCH_ENVELOPES as u32;
 /// Batches in flight to one peer at most (see `deliver_once`).
 const BATCHES_IN_FLIGHT: u32 = 2;

@@ -244,7 +244,7 @@ async fn checkpoint(
         Some(since) if since <= target => {
             let proof = crate::log_reader::consistency_proof(&state.db, since, target)
                 .await
-                .map_err(|e| read_problem(&e))?;
+                .map_err(|e| Problem::from(&e))?;
             Some(ConsistencyProofV1 {
                 old_size: since,
                 new_size: target,
@@ -263,13 +263,6 @@ async fn checkpoint(
 }
 
 /// A failed read of this node's own log: the database is unavailable, or the log is broken.
-fn read_problem(error: &crate::log_reader::ReadError) -> Problem {
-    match error {
-        crate::log_reader::ReadError::Storage(e) => Problem::unavailable(e),
-        other => Problem::internal(other),
-    }
-}
-
 /// Reads a request body up to `limit` bytes; `None` if it is longer (the rest is not read).
 pub(crate) async fn read_limited(
     mut payload: web::Payload,
@@ -708,8 +701,8 @@ async fn receipt_from_parts(
 
 /// Rebuilds the receipt of an admitted message whose receipt was never stored (the node stopped
 /// between the commit and the answer): its entry, a proof in the latest checkpoint's tree, and
-/// that checkpoint. Stored, so every later replay gets the same. Reads the leaf hashes up to the
-/// checkpoint, so it costs O(n); it only runs after a crash in that window.
+/// that checkpoint. Stored, so every later replay gets the same. Only rows from before receipts
+/// were kept as parts (migration 0009) can need this.
 async fn rebuild_receipt(
     state: &NodeState,
     sender: &OrgId,
@@ -724,17 +717,13 @@ async fn rebuild_receipt(
         .ok_or_else(|| Problem::internal(&"no checkpoint for a remembered message"))?;
     let checkpoint = crate::audit::checkpoint::Checkpoint::open(&note, &state.audit_verifier_key)
         .map_err(|e| Problem::internal(&e))?;
-    let leaves = storage::audit_leaf_hashes(&state.db, checkpoint.head.size)
-        .await
-        .map_err(unavailable)?;
     let entry = storage::audit_entry(&state.db, index)
         .await
         .map_err(unavailable)?
         .ok_or_else(|| Problem::internal(&"the admitting entry is missing"))?;
-    let proof = usize::try_from(index)
-        .ok()
-        .and_then(|i| crate::audit::merkle::inclusion_proof(&leaves, i))
-        .ok_or_else(|| Problem::internal(&"the admitting entry is outside the checkpoint"))?;
+    let proof = crate::log_reader::inclusion_proof(&state.db, index, checkpoint.head.size)
+        .await
+        .map_err(|e| Problem::from(&e))?;
     let answer = crate::receipt::build(message_id.as_str(), index, &entry, &proof, &note, None);
     let json = serde_json::to_string(&answer).map_err(|e| Problem::internal(&e))?;
     storage::store_receipt(&state.db, sender, message_id, &json)

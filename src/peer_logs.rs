@@ -445,6 +445,25 @@ pub async fn observe_receipt(state: &NodeState, peer: &OrgId, note: &str) {
 /// One poll of one peer; the verdict on its latest checkpoint (or on a waiting receipt
 /// checkpoint, if that one is the inconsistent one).
 async fn poll_peer(state: &NodeState, peer: &OrgId) -> Result<Verdict, PollError> {
+    // The waiting receipt checkpoint is taken before the peer is asked: every one seen by then
+    // was signed before the peer answers, so its latest is at least as large. Taken after, one
+    // signed meanwhile would look like a truncated log. If the poll proves nothing, it waits
+    // again for the next one.
+    let pending = state.peer_logs.take_pending(peer);
+    let result = poll_peer_with(state, peer, pending.as_ref()).await;
+    if result.is_err()
+        && let Some(pending) = pending
+    {
+        state.peer_logs.wait_for_proof(peer, pending);
+    }
+    result
+}
+
+async fn poll_peer_with(
+    state: &NodeState,
+    peer: &OrgId,
+    pending: Option<&Pending>,
+) -> Result<Verdict, PollError> {
     let key = audit_key(state, peer).ok_or_else(|| PollError::NotMember(peer.clone()))?;
     let stored = storage::peer_checkpoint(&state.db, peer)
         .await?
@@ -468,7 +487,7 @@ async fn poll_peer(state: &NodeState, peer: &OrgId) -> Result<Verdict, PollError
         verdict,
     )
     .await?;
-    let Some(pending) = state.peer_logs.take_pending(peer) else {
+    let Some(pending) = pending else {
         return Ok(verdict);
     };
     if matches!(verdict, Verdict::Inconsistent(_)) {

@@ -385,3 +385,14 @@ pub fn query_error_handler(
 ) -> actix_web::Error {
     Problem::malformed_request(format!("invalid query: {err}")).into()
 }
+
+impl From<&crate::log_reader::ReadError> for Problem {
+    /// A read of the audit log that failed: the store being down is passing (503), anything
+    /// else is this node's fault (500, logged, never sent).
+    fn from(error: &crate::log_reader::ReadError) -> Self {
+        match error {
+            crate::log_reader::ReadError::Storage(e) => Problem::unavailable(e),
+            other => Problem::internal(other),
+        }
+    }
+}

@@ -197,6 +197,18 @@ impl ApplyContext<'_> {
         ack: Option<&(AckPlan, String)>,
         counts_so_far: &[u64],
     ) -> Result<String, StorageError> {
+        self.receipt_with_proof(index, message_id, ack, counts_so_far)
+            .map(|(json, _)| json)
+    }
+
+    /// The receipt as JSON, and its inclusion proof (for keeping the receipt as its parts).
+    fn receipt_with_proof(
+        &self,
+        index: u64,
+        message_id: &MessageId,
+        ack: Option<&(AckPlan, String)>,
+        counts_so_far: &[u64],
+    ) -> Result<(String, Vec<merkle::Hash>), StorageError> {
         let missing =
             || StorageError::Invariant("a receipt for an entry outside its commit".into());
         let offset = index
@@ -208,7 +220,9 @@ impl ApplyContext<'_> {
         let ack = ack.map(|(plan, at)| plan.fill(message_id, counts_so_far, at.clone()));
         let receipt =
             crate::receipt::build(message_id.as_str(), index, entry, &proof, self.note, ack);
-        serde_json::to_string(&receipt).map_err(|e| StorageError::Invariant(e.to_string()))
+        let json =
+            serde_json::to_string(&receipt).map_err(|e| StorageError::Invariant(e.to_string()))?;
+        Ok((json, proof))
     }
 }
 
@@ -232,7 +246,7 @@ impl StateChange {
 
     /// Remembers an admitted message with its delivery receipt, built in the same commit from
     /// the job's first entry (its bytes, inclusion proof and the commit's signed checkpoint);
-    /// `append_with_answer` returns the receipt. A withdrawal's ack is filled in from the
+    /// `append_decision` returns the receipt. A withdrawal's ack is filled in from the
     /// results of the job's earlier changes.
     pub fn remember_receipt(
         sender: OrgId,
@@ -538,15 +552,9 @@ impl<'a> PendingRows<'a> {
                 envelope_sha256,
                 ack: None,
             } => {
-                *answer = Some(context.receipt_json(audit_idx, message_id, None, &[])?);
-                let proof = context
-                    .batch
-                    .tree
-                    .inclusion_proof(audit_idx)
-                    .ok_or_else(|| {
-                        StorageError::Invariant("a receipt for an entry outside its commit".into())
-                    })?
-                    .concat();
+                let (json, proof) = context.receipt_with_proof(audit_idx, message_id, None, &[])?;
+                *answer = Some(json);
+                let proof = proof.concat();
                 self.answers.push(PendingAnswer {
                     slot,
                     sender,
@@ -697,22 +705,13 @@ impl WritePath {
         record: AuditRecord,
         changes: Vec<StateChange>,
     ) -> Result<(AuditReceipt, Vec<u64>), WriteError> {
-        let (receipt, counts, _) = self.append_with_answer(record, changes).await?;
+        let (receipt, counts, _) = self.append_decision(record, changes, None).await?;
         Ok((receipt, counts))
     }
 
     /// As [`WritePath::append_with`], also returning the delivery receipt (JSON) that a
-    /// `remember_receipt` change built in the commit.
-    pub async fn append_with_answer(
-        &self,
-        record: AuditRecord,
-        changes: Vec<StateChange>,
-    ) -> Result<(AuditReceipt, Vec<u64>, Option<String>), WriteError> {
-        self.append_decision(record, changes, None).await
-    }
-
-    /// As [`WritePath::append_with_answer`], keeping `hold` until the job is committed or has
-    /// failed, whether or not the caller still waits (see [`Hold`]).
+    /// `remember_receipt` change built in the commit, and keeping `hold` until the job is
+    /// committed or has failed, whether or not the caller still waits (see [`Hold`]).
     pub async fn append_decision(
         &self,
         record: AuditRecord,
@@ -866,7 +865,7 @@ pub async fn check_against_published(
     let root_at_published = if stored == wanted {
         tree.root
     } else {
-        merkle::root(&storage::audit_leaf_hashes(db, wanted).await?)
+        merkle::root(&storage::audit_leaf_hash_range(db, 0, wanted).await?)
     };
     if root_at_published != published.head.root {
         return Err(PublishedError::Forked {

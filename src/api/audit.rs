@@ -15,7 +15,7 @@ use crate::audit::merkle;
 use crate::audited::{self, Audited};
 use crate::domain::{ConsentId, MessageId, OrgId, SubjectRef};
 use crate::jwt::Role;
-use crate::log_reader::{self, EntryFilter, ReadError};
+use crate::log_reader::{self, EntryFilter};
 use crate::node::NodeState;
 use crate::problem::{Problem, ProblemDoc};
 use crate::storage;
@@ -361,13 +361,6 @@ fn query_record(state: &NodeState, actor: &Actor, route: &str) -> AuditRecord {
 }
 
 /// A failed read of the log: the database is unavailable, or the log is broken (logged).
-fn read_problem(error: &ReadError) -> Problem {
-    match error {
-        ReadError::Storage(e) => Problem::unavailable(e),
-        other => Problem::internal(other),
-    }
-}
-
 /// The number of entries before this query's own.
 async fn stored_size(state: &NodeState) -> Result<u64, Problem> {
     storage::audit_tree(&state.db)
@@ -431,7 +424,7 @@ pub async fn entries(
     .await
     {
         Ok(page) => page,
-        Err(e) => return Err(audited::deny(&state, record, read_problem(&e)).await),
+        Err(e) => return Err(audited::deny(&state, record, Problem::from(&e)).await),
     };
     let receipt = audited::permit(&state, record).await?;
     let answer = AuditEntriesPageV1 {
@@ -486,7 +479,7 @@ async fn root_of(state: &NodeState, size: u64, receipt: &AuditReceipt) -> Result
     log_reader::range_root(&state.db, 0..size)
         .await
         .map(hex::encode)
-        .map_err(|e| read_problem(&e))
+        .map_err(|e| Problem::from(&e))
 }
 
 /// The signed checkpoint of `size` entries, if the node kept one.
@@ -556,7 +549,7 @@ pub async fn proof(
                 .ok_or_else(|| Problem::internal(&format!("audit entry {index} is missing")))?;
             let proof = log_reader::inclusion_proof(&state.db, index, size)
                 .await
-                .map_err(|e| read_problem(&e))?;
+                .map_err(|e| Problem::from(&e))?;
             AuditProofV1::Inclusion(AuditInclusionProofV1 {
                 index,
                 size,
@@ -571,7 +564,7 @@ pub async fn proof(
             let new = new.unwrap_or(latest);
             let proof = log_reader::consistency_proof(&state.db, old, new)
                 .await
-                .map_err(|e| read_problem(&e))?;
+                .map_err(|e| Problem::from(&e))?;
             AuditProofV1::Consistency(AuditConsistencyProofV1 {
                 old_size: old,
                 new_size: new,

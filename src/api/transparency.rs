@@ -352,13 +352,13 @@ async fn build(
     let record = &consent.record;
     let wanted = state.hmac.pseudonymise("consent", record.id.as_str());
     let mut matching = Vec::new();
-    let mut after = None;
+    let mut start = 0;
     loop {
-        let page = storage::audit_entries_page(&state.db, after, SCAN_PAGE)
+        let page = storage::audit_entry_range(&state.db, start, i64::MAX.unsigned_abs(), SCAN_PAGE)
             .await
             .map_err(|e| Problem::unavailable(&e))?;
         let Some(last) = page.last() else { break };
-        after = Some(last.idx);
+        start = last.idx + 1;
         for stored in &page {
             if let Ok(entry) = crate::audit::entry::decode(&stored.entry)
                 && entry.record.consent_hmac.as_deref() == Some(wanted.as_str())

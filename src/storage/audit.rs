@@ -46,7 +46,7 @@ pub(super) fn to_u64(value: i64) -> Result<u64, StorageError> {
         .map_err(|_| StorageError::Invariant(format!("stored value {value} is negative")))
 }
 
-fn to_hash(bytes: &[u8]) -> Result<Hash, StorageError> {
+pub(super) fn to_hash(bytes: &[u8]) -> Result<Hash, StorageError> {
     bytes
         .try_into()
         .map_err(|_| StorageError::Invariant("a stored hash is not 32 bytes".into()))
@@ -247,37 +247,6 @@ pub async fn audit_entries(db: &Database) -> Result<Vec<StoredEntry>, StorageErr
         .collect()
 }
 
-/// Up to `limit` entries after leaf index `after` (from the first if `None`), in index order:
-/// for scans that keep memory bounded by the page size.
-pub async fn audit_entries_page(
-    db: &Database,
-    after: Option<u64>,
-    limit: u32,
-) -> Result<Vec<StoredEntry>, StorageError> {
-    let after = match after {
-        Some(after) => to_i64(after)?,
-        None => -1,
-    };
-    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = on_each_engine!(db, Database, |pool| {
-        sqlx::query_as(
-            "SELECT idx, entry, leaf_hash FROM audit_entries WHERE idx > $1 ORDER BY idx LIMIT $2",
-        )
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?
-    });
-    rows.into_iter()
-        .map(|(idx, entry, leaf_hash)| {
-            Ok(StoredEntry {
-                idx: to_u64(idx)?,
-                entry,
-                leaf_hash,
-            })
-        })
-        .collect()
-}
-
 /// One entry's bytes, as stored.
 pub async fn audit_entry(db: &Database, idx: u64) -> Result<Option<Vec<u8>>, StorageError> {
     let idx = to_i64(idx)?;
@@ -303,19 +272,6 @@ pub async fn audit_checkpoints(db: &Database) -> Result<Vec<String>, StorageErro
         notes.push(latest);
     }
     Ok(notes)
-}
-
-/// The stored leaf hashes of the first `count` entries, in index order (start-up checks read
-/// these instead of whole entries).
-pub async fn audit_leaf_hashes(db: &Database, count: u64) -> Result<Vec<Hash>, StorageError> {
-    let count = to_i64(count)?;
-    let rows: Vec<Vec<u8>> = on_each_engine!(db, Database, |pool| {
-        sqlx::query_scalar("SELECT leaf_hash FROM audit_entries WHERE idx < $1 ORDER BY idx")
-            .bind(count)
-            .fetch_all(pool)
-            .await?
-    });
-    rows.iter().map(|h| to_hash(h)).collect()
 }
 
 /// Everything verification and export read, from one consistent snapshot, so that a commit

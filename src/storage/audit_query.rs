@@ -4,15 +4,9 @@
 //!
 //! Nothing here writes: appends belong to the write path (`storage::audit`, in a `WriteTx`).
 
-use super::audit::{StoredEntry, to_i64, to_u64};
+use super::audit::{StoredEntry, to_hash, to_i64, to_u64};
 use super::{Database, StorageError};
 use crate::audit::merkle::Hash;
-
-fn to_hash(bytes: &[u8]) -> Result<Hash, StorageError> {
-    bytes
-        .try_into()
-        .map_err(|_| StorageError::Invariant("a stored hash is not 32 bytes".into()))
-}
 
 /// The stored leaf hashes of the entries `start..end`, in index order. Errs if one is missing,
 /// so a proof is never built over a gap.

@@ -40,9 +40,8 @@ pub use messages::{
 };
 
 pub use audit::{
-    AuditSnapshot, StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries,
-    audit_entries_page, audit_entry, audit_leaf_hashes, audit_snapshot, audit_tree,
-    latest_audit_checkpoint,
+    AuditSnapshot, StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries, audit_entry,
+    audit_snapshot, audit_tree, latest_audit_checkpoint,
 };
 pub use audit_query::{audit_checkpoint_of_size, audit_entry_range, audit_leaf_hash_range};
 pub use manifest_state::{load_accepted_manifest, store_accepted_manifest};
