@@ -242,30 +242,28 @@ enum Settled {
     },
 }
 
-/// Judges one attempt: a receipt that verifies, a final refusal, or a retry.
-/// What judging a batch's receipts shares: the peer's checkpoints, each opened once, and the
-/// distinct checkpoints its verified receipts carried.
+/// What judging a batch's receipts shares: the peer's checkpoints, each opened (its signature
+/// checked) once.
 struct ReceiptJudge<'k> {
     checkpoints: Option<crate::receipt::OpenedCheckpoints<'k>>,
-    seen_notes: Vec<String>,
 }
 
 impl<'k> ReceiptJudge<'k> {
     fn new(key: Option<&'k crate::signed_note::VerifierKey>) -> Self {
         Self {
             checkpoints: key.map(crate::receipt::OpenedCheckpoints::new),
-            seen_notes: Vec::new(),
         }
     }
 
-    /// The receipt's checkpoint left the peer: keep it to hold the peer's log to it.
+    /// The receipts' checkpoints left the peer: keep them to hold the peer's log to them.
     async fn observe(self, state: &NodeState, peer: &OrgId) {
-        for note in &self.seen_notes {
-            crate::peer_logs::observe_receipt(state, peer, note).await;
+        for (note, head) in self.checkpoints.iter().flat_map(|c| c.opened_heads()) {
+            crate::peer_logs::observe_receipt(state, peer, note, head).await;
         }
     }
 }
 
+/// Judges one attempt: a receipt that verifies, a final refusal, or a retry.
 fn judge_attempt(
     state: &NodeState,
     peer: &OrgId,
@@ -283,9 +281,6 @@ fn judge_attempt(
                 (Some(Ok(_)), Ok(json)) => {
                     state.breakers.success(peer, stats);
                     DeliveryStats::add(&stats.delivered);
-                    if !judge.seen_notes.contains(&receipt.checkpoint) {
-                        judge.seen_notes.push(receipt.checkpoint);
-                    }
                     Settled::Delivered {
                         id: message.message_id.clone(),
                         receipt: json,

@@ -397,18 +397,10 @@ async fn apply(
 /// The delivery worker verified a receipt of `peer` carrying `note`: stores its checkpoint if
 /// none was known, compares one of the stored size, and keeps a newer one until the next poll
 /// proves it. Never fails the delivery: problems are logged.
-pub async fn observe_receipt(state: &NodeState, peer: &OrgId, note: &str) {
-    let Some(key) = audit_key(state, peer) else {
-        return;
-    };
-    let checkpoint = match Checkpoint::open(note, &key) {
-        Ok(checkpoint) => checkpoint,
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "a receipt's checkpoint does not open");
-            return;
-        }
-    };
-    let new = checkpoint.head;
+///
+/// `new` is the head of `note`, which the caller opened (checked its signature) with the peer's
+/// audit key while checking the receipts it came with (`receipt::OpenedCheckpoints`).
+pub async fn observe_receipt(state: &NodeState, peer: &OrgId, note: &str, new: TreeHead) {
     // The common cases need no database: the same checkpoint again, an older one, or a newer
     // one to prove at the next poll.
     if let Some(known) = state.peer_logs.known(peer) {

@@ -85,6 +85,13 @@ impl<'k> OpenedCheckpoints<'k> {
         }
     }
 
+    /// Every checkpoint opened so far whose signature checked, with its tree head.
+    pub fn opened_heads(&self) -> impl Iterator<Item = (&str, crate::audit::checkpoint::TreeHead)> {
+        self.opened
+            .iter()
+            .filter_map(|(note, opened)| opened.as_ref().ok().map(|c| (note.as_str(), c.head)))
+    }
+
     fn open(&mut self, note: &str) -> &Result<Checkpoint, ReceiptError> {
         let key = self.key;
         self.opened.entry(note.to_owned()).or_insert_with(|| {

@@ -173,14 +173,23 @@ pub enum ClaimScope {
 /// A claimed row: id, recipient, envelope, attempts, priority, audit index, type.
 type ClaimRow = (String, String, Vec<u8>, i64, i32, i64, String);
 
+/// The rows a claim within a scope may take: `$1` now, `$4` the peer.
+macro_rules! due_rows {
+    ($($scope:tt)*) => {
+        concat!(
+            "FROM outbox WHERE recipient = $4 AND status = 'queued' \
+             AND next_attempt_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1) ",
+            $($scope)*
+        )
+    };
+}
+
 /// The claim statement: `$1` now, `$2` the lease's end, `$3` the limit, `$4` the peer.
 macro_rules! claim_sql {
     ($locking:literal; $($scope:tt)*) => {
         concat!(
-            "UPDATE outbox SET claimed_until = $2 WHERE message_id IN (\
-               SELECT message_id FROM outbox WHERE recipient = $4 AND status = 'queued' \
-               AND next_attempt_at <= $1 AND (claimed_until IS NULL OR claimed_until < $1) ",
-            $($scope)*,
+            "UPDATE outbox SET claimed_until = $2 WHERE message_id IN (SELECT message_id ",
+            due_rows!($($scope)*),
             " ORDER BY priority, audit_idx LIMIT $3 ",
             $locking,
             ") RETURNING message_id, recipient, envelope, attempts, priority, audit_idx, \
@@ -246,6 +255,19 @@ pub async fn claim_due(
     limit: u32,
     scope: ClaimScope,
 ) -> Result<Vec<ClaimedMessage>, StorageError> {
+    // On SQLite a claim is a write and takes the database's one write lock, which the group
+    // commit then waits for (in SQLite's busy handler, which sleeps): look first, with a read
+    // of exactly the rows the claim would take, which takes no lock.
+    let look = match scope {
+        ClaimScope::Any => concat!(
+            "SELECT 1 ",
+            due_rows!(before_waiting_notices!()),
+            " LIMIT 1"
+        ),
+        ClaimScope::DataBeforeNotices => {
+            concat!("SELECT 1 ", due_rows!(data_before_notices!()), " LIMIT 1")
+        }
+    };
     let sql = match (db, scope) {
         (Database::Sqlite(_), ClaimScope::Any) => claim_sql!(""; before_waiting_notices!()),
         (Database::Sqlite(_), ClaimScope::DataBeforeNotices) => {
@@ -260,18 +282,15 @@ pub async fn claim_due(
     };
     let now = db_time(now);
     let lease = db_time(lease_until);
-    // On SQLite a claim is a write and takes the database's one write lock, which the group
-    // commit then waits for (in SQLite's busy handler, which sleeps): look first, with a read
-    // that takes no lock, and claim only if something is due.
     if let Database::Sqlite(pool) = db {
-        let due: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM outbox WHERE recipient = $1 AND status = 'queued' \
-             AND next_attempt_at <= $2 AND (claimed_until IS NULL OR claimed_until < $2) LIMIT 1",
-        )
-        .bind(peer.as_str())
-        .bind(&now)
-        .fetch_optional(pool)
-        .await?;
+        // Bound like the claim itself, so that the numbered placeholders line up.
+        let due: Option<i64> = sqlx::query_scalar(look)
+            .bind(&now)
+            .bind(&lease)
+            .bind(i64::from(limit))
+            .bind(peer.as_str())
+            .fetch_optional(pool)
+            .await?;
         if due.is_none() {
             return Ok(Vec::new());
         }
