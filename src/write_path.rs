@@ -407,34 +407,11 @@ impl StateChange {
                 *answer = Some(json);
                 Ok(stored.iter().sum())
             }
-            Change::RememberAnswer {
-                sender,
-                message_id,
-                envelope_sha256,
-                status,
-                problem,
-            } => {
-                let stored = tx
-                    .remember_messages(&[storage::RememberRow {
-                        sender,
-                        message_id,
-                        envelope_sha256,
-                        answer: storage::RememberedAnswer {
-                            status: *status,
-                            problem: problem.as_deref(),
-                            receipt: None,
-                            receipt_parts: None,
-                        },
-                        audit_idx,
-                    }])
-                    .await?;
-                Ok(stored.iter().sum())
-            }
-            Change::StoreInbound(message) => Ok(tx
-                .insert_inbox_many(&[(message, audit_idx)])
-                .await?
-                .iter()
-                .sum()),
+            // `PendingRows::take` takes these (and a receipt without an acknowledgement) into
+            // multi-row statements; they never come here.
+            Change::RememberAnswer { .. } | Change::StoreInbound(_) | Change::Enqueue(_) => Err(
+                StorageError::Invariant("a common insert outside the pending rows".into()),
+            ),
             Change::RecordConsent(consent) => {
                 // A racing grant under the same id (decided before either committed) records
                 // nothing: the first one stands, and one job's conflict never fails the whole
@@ -483,11 +460,6 @@ impl StateChange {
                 tx.bind_consent(id, local_subject_key, *at, unit.as_deref())
                     .await
             }
-            Change::Enqueue(message) => Ok(tx
-                .enqueue_outbox_many(&[(message, audit_idx)])
-                .await?
-                .iter()
-                .sum()),
             Change::CancelQueued { consent, at } => {
                 tx.cancel_queued_for_consent(consent, *at).await
             }

@@ -498,18 +498,17 @@ async fn load_or_refuse(
 ) -> Result<StoredConsent, Problem> {
     match storage::consent(&state.db, id).await {
         Ok(Some(consent)) => Ok(consent),
-        Ok(None) => Err(refuse(
-            state,
-            record,
-            Problem::refused(
-                "consent-unknown",
-                "this node holds no consent with that id",
-                None,
-            ),
-        )
-        .await),
+        Ok(None) => Err(refuse(state, record, consent_unknown()).await),
         Err(e) => Err(Problem::unavailable(&e)),
     }
+}
+
+fn consent_unknown() -> Problem {
+    Problem::refused(
+        "consent-unknown",
+        "this node holds no consent with that id",
+        None,
+    )
 }
 
 fn notice_view(notice: storage::OutboxMessage) -> NoticeViewV1 {
@@ -601,12 +600,16 @@ pub async fn get(
     let id = parse_consent_id(&path)?;
     let record = consent_record(&state, &actor, "local.consent.read", &id, None, None);
     let reach = Reach::of(&state, &actor);
-    // A caseworker limited to a unit learns nothing of what exists outside it: an unknown
-    // consent is out of scope too.
-    if reach != Reach::Organisation && matches!(storage::consent(&state.db, &id).await, Ok(None)) {
-        return Err(refuse(&state, record, Problem::out_of_scope()).await);
-    }
-    let consent = load_or_refuse(&state, record.clone(), &id).await?;
+    let consent = match storage::consent(&state.db, &id).await {
+        Ok(Some(consent)) => consent,
+        // A caseworker limited to a unit learns nothing of what exists outside it: an unknown
+        // consent is out of scope too.
+        Ok(None) if reach != Reach::Organisation => {
+            return Err(refuse(&state, record, Problem::out_of_scope()).await);
+        }
+        Ok(None) => return Err(refuse(&state, record, consent_unknown()).await),
+        Err(e) => return Err(Problem::unavailable(&e)),
+    };
     if !reach.covers(&consent) {
         return Err(refuse(&state, record, Problem::out_of_scope()).await);
     }
