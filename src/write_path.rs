@@ -23,7 +23,7 @@ use crate::policy::Permit;
 use crate::signed_note::NoteSigner;
 use crate::storage::{
     self, Database, NewConsent, NewInboxMessage, NewOutboxMessage, StorageError, StoredTree,
-    WriteTx,
+    WriteTx, WriterDb,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 
 /// How many records one group commit takes at most; the rest waits for the next commit.
 const MAX_BATCH_RECORDS: usize = 20_000;
@@ -375,7 +374,7 @@ impl StateChange {
     /// Applies the change. `answer` receives a receipt built by a `remember_receipt` change.
     async fn apply(
         &self,
-        tx: &mut WriteTx,
+        tx: &mut WriteTx<'_>,
         audit_idx: u64,
         context: &ApplyContext<'_>,
         counts_so_far: &[u64],
@@ -565,7 +564,7 @@ impl<'a> PendingRows<'a> {
     /// row's count in its slot.
     async fn write(
         &mut self,
-        tx: &mut WriteTx,
+        tx: &mut WriteTx<'_>,
         counts: &mut [Vec<u64>],
     ) -> Result<(), StorageError> {
         let mut place = |slot: Slot, count: u64| {
@@ -637,9 +636,20 @@ pub struct WritePath {
 pub struct WriterStats {
     commits: AtomicU64,
     records: AtomicU64,
+    /// `PRAGMA synchronous` of the SQLite writer's own connection, plus one (0: not known).
+    sqlite_synchronous: AtomicU64,
 }
 
 impl WriterStats {
+    /// `PRAGMA synchronous` of the connection the SQLite writer commits through (2 = FULL), once
+    /// it has been opened; `None` before, and on PostgreSQL.
+    pub fn sqlite_synchronous(&self) -> Option<i64> {
+        match self.sqlite_synchronous.load(Ordering::Relaxed) {
+            0 => None,
+            level => i64::try_from(level - 1).ok(),
+        }
+    }
+
     /// (group commits, records committed) so far.
     pub fn snapshot(&self) -> (u64, u64) {
         (
@@ -848,10 +858,12 @@ pub async fn check_against_published(
     Ok(())
 }
 
-/// The running writer task.
+/// The running writer: a task on the node's runtime (PostgreSQL), or a thread of its own
+/// (SQLite, whose commits run synchronously and must not hold up the runtime's workers).
 pub struct Writer {
     pub path: WritePath,
-    task: JoinHandle<()>,
+    /// Answered when the writer has finished.
+    finished: oneshot::Receiver<()>,
     stop: watch::Sender<bool>,
 }
 
@@ -886,10 +898,13 @@ impl Writer {
     ) -> Writer {
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
         let (stop, stop_rx) = watch::channel(false);
+        let (done, finished) = oneshot::channel();
         let stats = Arc::new(WriterStats::default());
+        let db = db.for_writer();
+        let own_thread = db.is_synchronous();
         let state = WriterState {
             stats: stats.clone(),
-            db: db.for_writer(),
+            db,
             signer,
             hmac_key_version,
             published_path,
@@ -900,24 +915,46 @@ impl Writer {
             publish_failing_since: None,
             consent_cache,
         };
-        let task = tokio::spawn(state.run(receiver, stop_rx));
+        let run = async move {
+            state.run(receiver, stop_rx).await;
+            let _ = done.send(());
+        };
+        if own_thread {
+            // A runtime of its own on the writer's thread, for the channels and the publish
+            // timer; the commits themselves never yield.
+            let started = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .and_then(|runtime| {
+                    std::thread::Builder::new()
+                        .name("brobygger-writer".into())
+                        .spawn(move || runtime.block_on(run))
+                });
+            if let Err(e) = started {
+                // Without its thread the writer's channel is closed: every append is refused
+                // with `WriteError::Stopped`, and the node fails closed.
+                tracing::error!(error = %e, "cannot start the audit writer's thread");
+            }
+        } else {
+            tokio::spawn(run);
+        }
         Writer {
             path: WritePath { sender, stats },
-            task,
+            finished,
             stop,
         }
     }
 
-    /// Finishes what is queued, publishes the latest checkpoint and ends the task.
+    /// Finishes what is queued, publishes the latest checkpoint and ends the writer.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let _ = self.finished.await;
     }
 }
 
 struct WriterState {
     stats: Arc<WriterStats>,
-    db: Database,
+    db: WriterDb,
     signer: Arc<NoteSigner>,
     hmac_key_version: u32,
     published_path: PathBuf,
@@ -936,6 +973,20 @@ struct WriterState {
 
 impl WriterState {
     async fn run(mut self, mut receiver: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
+        // Open SQLite's connection now, so that /readyz can show its durability setting; a
+        // failure here is met again (and answered) at the first commit.
+        match self.db.sqlite_synchronous() {
+            Ok(Some(level)) => {
+                let known = u64::try_from(level).map_or(0, |level| level + 1);
+                self.stats
+                    .sqlite_synchronous
+                    .store(known, Ordering::Relaxed);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the audit writer cannot open its database connection yet")
+            }
+        }
         loop {
             let publish_in = self
                 .last_publish

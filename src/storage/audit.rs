@@ -5,15 +5,11 @@
 //! that transaction first takes an advisory lock and then re-reads the tree state, so replicas
 //! sharing one database append one after the other and never sign diverging checkpoints.
 
-use super::{Database, StorageError};
+use super::{Database, StorageError, WriteTx};
 use crate::audit::merkle::{Frontier, Hash};
-use sqlx::QueryBuilder;
 
-/// The advisory lock every audit append takes on PostgreSQL ("audit" in ASCII).
-const AUDIT_LOCK_KEY: i64 = 0x0061_7564_6974;
-
-/// Rows per multi-row INSERT: large enough that a statement carries a whole batch of ordinary
-/// size, small enough for SQLite's limit of 32,766 bound parameters.
+/// Rows per PostgreSQL `UNNEST` statement: a whole group commit of ordinary size in one
+/// statement, with bounded parameter arrays. (SQLite steps one prepared statement per row.)
 const ROWS_PER_STATEMENT: usize = 2_000;
 
 /// The tree as stored: size, right edge and root.
@@ -29,12 +25,6 @@ pub struct StoredEntry {
     pub idx: u64,
     pub entry: Vec<u8>,
     pub leaf_hash: Vec<u8>,
-}
-
-/// The transaction of one group commit.
-pub enum WriteTx {
-    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
-    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
 pub(super) fn to_i64(value: u64) -> Result<i64, StorageError> {
@@ -81,40 +71,22 @@ fn decode_tree(size: i64, frontier: &[u8], root: &[u8]) -> Result<StoredTree, St
     })
 }
 
-impl Database {
-    /// Begins the transaction of a group commit. SQLite takes its write lock at once
-    /// (`BEGIN IMMEDIATE`); PostgreSQL takes the audit advisory lock for the transaction.
-    pub async fn begin_write(&self) -> Result<WriteTx, StorageError> {
-        match self {
-            Database::Sqlite(pool) => {
-                Ok(WriteTx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?))
-            }
-            Database::Postgres(pool) => {
-                // READ COMMITTED explicitly: each statement then sees what committed before it,
-                // so the tree re-read after the lock is current whatever the server default.
-                let mut tx = pool
-                    .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
-                    .await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(AUDIT_LOCK_KEY)
-                    .execute(&mut *tx)
-                    .await?;
-                Ok(WriteTx::Postgres(tx))
-            }
-        }
-    }
-}
-
-impl WriteTx {
+impl WriteTx<'_> {
     /// The tree as committed so far (empty if nothing was ever appended).
     pub async fn audit_tree(&mut self) -> Result<StoredTree, StorageError> {
-        let row = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query_as(TREE_QUERY).fetch_optional(&mut **tx).await?
-        });
+        use rusqlite::OptionalExtension as _;
+        let row = match self {
+            WriteTx::Sqlite(tx) => tx
+                .prepare(TREE_QUERY)?
+                .query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .optional()?,
+            WriteTx::Postgres(tx) => sqlx::query_as(TREE_QUERY).fetch_optional(&mut **tx).await?,
+        };
         tree_or_empty(row)
     }
 
-    /// Inserts entries at consecutive indexes from `first_idx`, many rows per statement.
+    /// Inserts entries at consecutive indexes from `first_idx` (on PostgreSQL many rows per
+    /// statement; on SQLite one prepared statement per row, which costs no more in-process).
     pub async fn insert_audit_entries(
         &mut self,
         first_idx: u64,
@@ -129,14 +101,12 @@ impl WriteTx {
                 .map(|((entry, leaf), i)| (i, entry, leaf));
             match self {
                 WriteTx::Sqlite(tx) => {
-                    let mut builder: QueryBuilder<sqlx::Sqlite> =
-                        QueryBuilder::new("INSERT INTO audit_entries (idx, entry, leaf_hash) ");
-                    builder.push_values(numbered, |mut b, (i, entry, leaf)| {
-                        b.push_bind(i)
-                            .push_bind(entry.clone())
-                            .push_bind(leaf.to_vec());
-                    });
-                    builder.build().persistent(false).execute(&mut **tx).await?;
+                    let mut insert = tx.prepare(
+                        "INSERT INTO audit_entries (idx, entry, leaf_hash) VALUES (?1, ?2, ?3)",
+                    )?;
+                    for (i, entry, leaf) in numbered {
+                        insert.execute((i, entry, leaf.as_slice()))?;
+                    }
                 }
                 WriteTx::Postgres(tx) => {
                     // One fixed statement with three array parameters, whatever the row count:
@@ -182,30 +152,30 @@ impl WriteTx {
                       frontier = excluded.frontier, root = excluded.root, \
                       checkpoint = excluded.checkpoint";
         let checkpoint = "INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2)";
-        on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query(upsert)
-                .bind(size)
-                .bind(frontier)
-                .bind(root)
-                .bind(checkpoint_note)
-                .execute(&mut **tx)
-                .await?;
-            if keep_history {
-                sqlx::query(checkpoint)
+        match self {
+            WriteTx::Sqlite(tx) => {
+                tx.prepare(upsert)?
+                    .execute((size, frontier, root, checkpoint_note))?;
+                if keep_history {
+                    tx.prepare(checkpoint)?.execute((size, checkpoint_note))?;
+                }
+            }
+            WriteTx::Postgres(tx) => {
+                sqlx::query(upsert)
                     .bind(size)
+                    .bind(frontier)
+                    .bind(root)
                     .bind(checkpoint_note)
                     .execute(&mut **tx)
                     .await?;
+                if keep_history {
+                    sqlx::query(checkpoint)
+                        .bind(size)
+                        .bind(checkpoint_note)
+                        .execute(&mut **tx)
+                        .await?;
+                }
             }
-        });
-        Ok(())
-    }
-
-    /// Commits: on SQLite with `synchronous=FULL` this is the one fsync of the group commit.
-    pub async fn commit(self) -> Result<(), StorageError> {
-        match self {
-            WriteTx::Sqlite(tx) => tx.commit().await?,
-            WriteTx::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
     }

@@ -308,7 +308,7 @@ pub async fn consent_tombstoned(db: &Database, id: &ConsentId) -> Result<bool, S
     Ok(found.is_some())
 }
 
-impl WriteTx {
+impl WriteTx<'_> {
     /// Remembers a withdrawal of a consent this node does not hold.
     pub async fn insert_consent_tombstone(
         &mut self,
@@ -316,19 +316,22 @@ impl WriteTx {
         sender: &OrgId,
         at: OffsetDateTime,
     ) -> Result<u64, StorageError> {
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query(
-                "INSERT INTO consent_tombstones (consent_id, sender, at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (consent_id) DO NOTHING",
-            )
-            .bind(id.as_str())
-            .bind(sender.as_str())
-            .bind(format_time(at))
-            .execute(&mut **tx)
-            .await?
-            .rows_affected()
-        });
-        Ok(rows)
+        let sql = "INSERT INTO consent_tombstones (consent_id, sender, at) VALUES ($1, $2, $3) \
+                   ON CONFLICT (consent_id) DO NOTHING";
+        Ok(match self {
+            WriteTx::Sqlite(tx) => {
+                tx.prepare(sql)?
+                    .execute((id.as_str(), sender.as_str(), format_time(at)))?
+                    as u64
+            }
+            WriteTx::Postgres(tx) => sqlx::query(sql)
+                .bind(id.as_str())
+                .bind(sender.as_str())
+                .bind(format_time(at))
+                .execute(&mut **tx)
+                .await?
+                .rows_affected(),
+        })
     }
 
     /// Stores a new consent. Returns 0 if a consent with that id exists already (nothing is
@@ -344,8 +347,25 @@ impl WriteTx {
             .local_subject_key
             .as_ref()
             .map(|_| format_time(new.created_at));
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query(sql)
+        let retention = i64::from(r.retention_at_recipient_days);
+        Ok(match self {
+            WriteTx::Sqlite(tx) => tx.prepare(sql)?.execute(rusqlite::params![
+                r.id.as_str(),
+                r.subject.to_string(),
+                r.recording_org.as_str(),
+                r.counterpart.as_str(),
+                encode_purposes(&r.purposes),
+                &new.terms,
+                format_time(r.valid_from),
+                format_time(r.valid_until),
+                retention,
+                new.local_subject_key.as_deref(),
+                bound_at,
+                &new.binding_code_hash,
+                format_time(new.created_at),
+                new.recorded_unit.as_deref(),
+            ])? as u64,
+            WriteTx::Postgres(tx) => sqlx::query(sql)
                 .bind(r.id.as_str())
                 .bind(r.subject.to_string())
                 .bind(r.recording_org.as_str())
@@ -354,7 +374,7 @@ impl WriteTx {
                 .bind(&new.terms)
                 .bind(format_time(r.valid_from))
                 .bind(format_time(r.valid_until))
-                .bind(i64::from(r.retention_at_recipient_days))
+                .bind(retention)
                 .bind(new.local_subject_key.as_deref())
                 .bind(bound_at)
                 .bind(&new.binding_code_hash)
@@ -362,9 +382,8 @@ impl WriteTx {
                 .bind(new.recorded_unit.as_deref())
                 .execute(&mut **tx)
                 .await?
-                .rows_affected()
-        });
-        Ok(rows)
+                .rows_affected(),
+        })
     }
 
     /// Appends an event to a consent's log.
@@ -380,8 +399,15 @@ impl WriteTx {
                    SELECT $1, COALESCE(MAX(seq) + 1, 0), $2, $3, $4, $5 \
                    FROM consent_events WHERE consent_id = $1";
         let audit_idx = to_i64(audit_idx)?;
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query(sql)
+        Ok(match self {
+            WriteTx::Sqlite(tx) => tx.prepare(sql)?.execute((
+                id.as_str(),
+                event.as_str(),
+                format_time(at),
+                recorded_by.as_str(),
+                audit_idx,
+            ))? as u64,
+            WriteTx::Postgres(tx) => sqlx::query(sql)
                 .bind(id.as_str())
                 .bind(event.as_str())
                 .bind(format_time(at))
@@ -389,9 +415,8 @@ impl WriteTx {
                 .bind(audit_idx)
                 .execute(&mut **tx)
                 .await?
-                .rows_affected()
-        });
-        Ok(rows)
+                .rows_affected(),
+        })
     }
 
     /// Records a wrong binding code: the count in a row, one more in total, and the lock.
@@ -404,16 +429,21 @@ impl WriteTx {
         let sql = "UPDATE consents SET binding_failures = $2, \
                    binding_failures_total = binding_failures_total + 1, \
                    binding_locked_until = $3 WHERE consent_id = $1";
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query(sql)
+        let failures = i64::from(failures_in_a_row);
+        let locked_until = locked_until.map(format_time);
+        Ok(match self {
+            WriteTx::Sqlite(tx) => {
+                tx.prepare(sql)?
+                    .execute((id.as_str(), failures, locked_until))? as u64
+            }
+            WriteTx::Postgres(tx) => sqlx::query(sql)
                 .bind(id.as_str())
-                .bind(i64::from(failures_in_a_row))
-                .bind(locked_until.map(format_time))
+                .bind(failures)
+                .bind(locked_until)
                 .execute(&mut **tx)
                 .await?
-                .rows_affected()
-        });
-        Ok(rows)
+                .rows_affected(),
+        })
     }
 
     /// Binds an unbound consent to this node's key for the child. The statement itself
@@ -428,16 +458,20 @@ impl WriteTx {
         let sql = "UPDATE consents SET local_subject_key = $2, bound_at = $3, \
                    binding_failures = 0, binding_locked_until = NULL, bound_unit = $4 \
                    WHERE consent_id = $1 AND local_subject_key IS NULL";
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query(sql)
+        Ok(match self {
+            WriteTx::Sqlite(tx) => {
+                tx.prepare(sql)?
+                    .execute((id.as_str(), local_subject_key, format_time(at), unit))?
+                    as u64
+            }
+            WriteTx::Postgres(tx) => sqlx::query(sql)
                 .bind(id.as_str())
                 .bind(local_subject_key)
                 .bind(format_time(at))
                 .bind(unit)
                 .execute(&mut **tx)
                 .await?
-                .rows_affected()
-        });
-        Ok(rows)
+                .rows_affected(),
+        })
     }
 }

@@ -1,12 +1,13 @@
-//! The reads every admission makes (has this message id been seen? what is this consent?),
-//! gathered across concurrent requests into multi-row statements.
+//! The reads every admission makes (has this message id been seen? what is this consent?).
 //!
-//! Under load many requests are being admitted at once. Read one by one, each would cost its
-//! own statements, and with SQLite each statement is a hop to the driver's thread (DESIGN §11),
-//! which is what a request costs in all. So one task takes every lookup waiting, reads them
-//! together (one statement for the message ids of a sender, one read transaction for the
-//! consents) and answers each; what arrives meanwhile waits for the next round. There is no
-//! timer: a lone request is read at once. The answers are the same as the single reads give.
+//! On SQLite the replay table is read synchronously, on the caller's thread, through a few
+//! connections of this module's own ([`SqliteReaders`]): a point lookup in the page cache costs
+//! a few microseconds, less than handing it to another thread and back (DESIGN §11), and WAL
+//! readers never wait for the writer. Everywhere else (PostgreSQL, and consents SQLite does not
+//! have cached) one task takes every lookup waiting, reads them together (one statement for the
+//! message ids of a sender, one read transaction for the consents) and answers each; what
+//! arrives meanwhile waits for the next round. There is no timer: a lone request is read at
+//! once. The answers are the same as the single reads give.
 //!
 //! On SQLite the database belongs to this one node and every change to a consent goes through
 //! its write path, so consents are also kept in a [`ConsentCache`] that the writer clears of
@@ -14,9 +15,11 @@
 //! notes the cache's generation first). On PostgreSQL other replicas change consents too, so
 //! there is no cache. Either way the inbox insert checks the consent again inside the commit.
 
+use super::messages::{SEEN_COLUMNS, seen_from_row};
 use super::{Database, SeenMessage, StorageError, StoredConsent, consents, seen_messages};
 use crate::domain::{ConsentId, MessageId, OrgId};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
@@ -102,11 +105,112 @@ enum Lookup {
     },
 }
 
+/// Connections kept open for synchronous reads; more are opened while more readers are busy.
+const IDLE_READERS: usize = 4;
+
+/// SQLite connections that read on the caller's thread (see the module's comment).
+pub struct SqliteReaders {
+    path: PathBuf,
+    idle: Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl SqliteReaders {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<rusqlite::Connection>> {
+        // A connection is pushed or popped whole; a panic elsewhere leaves the list usable.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `read` on an idle connection (or a new one), then keeps the connection for the next.
+    fn read<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let idle = self.idle().pop();
+        let connection = match idle {
+            Some(connection) => connection,
+            None => open_reader(&self.path)?,
+        };
+        let result = read(&connection);
+        let mut idle = self.idle();
+        // A connection left inside a transaction (a failed read) is closed, not reused.
+        if idle.len() < IDLE_READERS && connection.is_autocommit() {
+            idle.push(connection);
+        }
+        result
+    }
+}
+
+fn open_reader(path: &Path) -> Result<rusqlite::Connection, StorageError> {
+    use rusqlite::OpenFlags;
+    let connection = rusqlite::Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StorageError::Connect(format!("{}: {e}", path.display())))?;
+    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    // These connections only read; SQLite refuses any write on them.
+    connection.pragma_update(None, "query_only", "ON")?;
+    Ok(connection)
+}
+
+/// The replay table's rows of these message ids from `sender`, read in one snapshot.
+fn seen_directly(
+    connection: &rusqlite::Connection,
+    sender: &OrgId,
+    message_ids: &[&MessageId],
+) -> Result<HashMap<MessageId, SeenMessage>, StorageError> {
+    use rusqlite::OptionalExtension as _;
+    let read = || -> Result<HashMap<MessageId, SeenMessage>, StorageError> {
+        let mut select = connection.prepare_cached(&format!(
+            "SELECT {SEEN_COLUMNS} FROM seen_messages WHERE sender = ?1 AND message_id = ?2"
+        ))?;
+        let mut found = HashMap::new();
+        for id in message_ids {
+            let row = select
+                .query_row((sender.as_str(), id.as_str()), |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                        row.get(5)?,
+                        row.get(6)?,
+                    ))
+                })
+                .optional()?;
+            if let Some(row) = row {
+                found.insert((*id).clone(), seen_from_row(row)?);
+            }
+        }
+        Ok(found)
+    };
+    if message_ids.len() < 2 {
+        return read();
+    }
+    connection.execute_batch("BEGIN")?;
+    let found = read();
+    connection.execute_batch("COMMIT")?;
+    found
+}
+
 /// The handle admissions read through; cheap to clone.
 #[derive(Clone)]
 pub struct Lookups {
     sender: mpsc::Sender<Lookup>,
     cache: Option<Arc<ConsentCache>>,
+    /// SQLite's synchronous readers of the replay table; `None` on PostgreSQL.
+    readers: Option<Arc<SqliteReaders>>,
+    db: Database,
 }
 
 impl Lookups {
@@ -115,8 +219,32 @@ impl Lookups {
     /// it). The task ends when every handle is dropped.
     pub fn spawn(db: Database, cache: Option<Arc<ConsentCache>>) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, cache.clone(), receiver));
-        Self { sender, cache }
+        let readers = match &db {
+            Database::Sqlite(pool) => Some(Arc::new(SqliteReaders::new(
+                pool.connect_options().get_filename(),
+            ))),
+            Database::Postgres(_) => None,
+        };
+        tokio::spawn(run(db.clone(), cache.clone(), receiver));
+        Self {
+            sender,
+            cache,
+            readers,
+            db,
+        }
+    }
+
+    /// The first answers to these message ids from `sender`, for the ids that were seen: one
+    /// read for a whole batch.
+    pub async fn seen_messages(
+        &self,
+        sender: &OrgId,
+        message_ids: &[&MessageId],
+    ) -> Result<HashMap<MessageId, SeenMessage>, StorageError> {
+        match &self.readers {
+            Some(readers) => readers.read(|c| seen_directly(c, sender, message_ids)),
+            None => seen_messages(&self.db, sender, message_ids).await,
+        }
     }
 
     /// The first answer to `message_id` from `sender`, if it was seen.
@@ -125,6 +253,11 @@ impl Lookups {
         sender: &OrgId,
         message_id: &MessageId,
     ) -> Result<Option<SeenMessage>, StorageError> {
+        if let Some(readers) = &self.readers {
+            return readers
+                .read(|c| seen_directly(c, sender, &[message_id]))
+                .map(|mut found| found.remove(message_id));
+        }
         let (answer, reply) = oneshot::channel();
         self.ask(
             Lookup::Seen {

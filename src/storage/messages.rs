@@ -5,7 +5,6 @@
 use super::audit::{to_i64, to_u64};
 use super::{Database, StorageError, WriteTx, db_time};
 use crate::domain::{ConsentId, MessageId, MessageType, OrgId, PurposeRef, SubjectRef};
-use sqlx::QueryBuilder;
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
@@ -92,23 +91,51 @@ pub async fn seen_messages(
             let message_id: MessageId = message_id
                 .parse()
                 .map_err(|_| StorageError::Invariant("a stored message id is invalid".into()))?;
-            let seen = SeenMessage {
+            let seen = seen_from_row((
                 envelope_sha256,
-                status: u16::try_from(status).map_err(|_| {
-                    StorageError::Invariant("a stored status is out of range".into())
-                })?,
+                status,
                 problem,
-                audit_idx: to_u64(audit_idx)?,
+                audit_idx,
                 receipt,
-                receipt_parts: match (proof, size) {
-                    (Some(proof), Some(size)) => Some((proof, to_u64(size)?)),
-                    _ => None,
-                },
-            };
+                proof,
+                size,
+            ))?;
             found.insert(message_id, seen);
         }
     }
     Ok(found)
+}
+
+/// A replay-table row as read: envelope hash, status, problem, audit index, receipt, receipt
+/// proof and tree size.
+pub(super) type SeenRow = (
+    String,
+    i32,
+    Option<String>,
+    i64,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<i64>,
+);
+
+/// The columns of [`SeenRow`], for a `SELECT`.
+pub(super) const SEEN_COLUMNS: &str =
+    "envelope_sha256, status, problem, audit_idx, receipt, receipt_proof, receipt_tree_size";
+
+pub(super) fn seen_from_row(row: SeenRow) -> Result<SeenMessage, StorageError> {
+    let (envelope_sha256, status, problem, audit_idx, receipt, proof, size) = row;
+    Ok(SeenMessage {
+        envelope_sha256,
+        status: u16::try_from(status)
+            .map_err(|_| StorageError::Invariant("a stored status is out of range".into()))?,
+        problem,
+        audit_idx: to_u64(audit_idx)?,
+        receipt,
+        receipt_parts: match (proof, size) {
+            (Some(proof), Some(size)) => Some((proof, to_u64(size)?)),
+            _ => None,
+        },
+    })
 }
 
 /// Ids per read statement: far below SQLite's limit of 32,766 bound parameters.
@@ -234,8 +261,8 @@ pub struct RememberRow<'a> {
     pub audit_idx: u64,
 }
 
-/// Rows per multi-row statement: a whole group commit of ordinary size in one statement, and
-/// (at ten values per row) far below SQLite's limit of 32,766 bound parameters.
+/// Rows per PostgreSQL `UNNEST` statement: a whole group commit of ordinary size in one
+/// statement, with bounded parameter arrays. (SQLite steps one prepared statement per row.)
 const ROWS_PER_STATEMENT: usize = 1_000;
 
 /// One array per column, for PostgreSQL's `UNNEST`.
@@ -274,98 +301,90 @@ pub(super) fn stored_per_row<'k>(
     .collect()
 }
 
-impl WriteTx {
-    /// Remembers the first answer to each message id, many rows per statement. A second answer
+impl WriteTx<'_> {
+    /// Remembers the first answer to each message id (on PostgreSQL many rows per statement,
+    /// on SQLite one prepared statement per row, in-process). A second answer
     /// to the same id (a replay that raced the first) changes nothing. Returns, per row, 1 if
     /// it was stored and 0 if the id was remembered already.
     pub async fn remember_messages(
         &mut self,
         rows: &[RememberRow<'_>],
     ) -> Result<Vec<u64>, StorageError> {
+        let tx = match self {
+            WriteTx::Sqlite(tx) => {
+                let mut insert = tx.prepare(
+                    "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
+                     problem, audit_idx, receipt, receipt_proof, receipt_tree_size) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                     ON CONFLICT (sender, message_id) DO NOTHING",
+                )?;
+                return rows
+                    .iter()
+                    .map(|row| {
+                        let parts = row.answer.receipt_parts;
+                        Ok(insert.execute((
+                            row.sender.as_str(),
+                            row.message_id.as_str(),
+                            row.envelope_sha256,
+                            i32::from(row.answer.status),
+                            row.answer.problem,
+                            to_i64(row.audit_idx)?,
+                            row.answer.receipt,
+                            parts.map(|p| p.proof),
+                            parts.map(|p| to_i64(p.tree_size)).transpose()?,
+                        ))? as u64)
+                    })
+                    .collect();
+            }
+            WriteTx::Postgres(tx) => tx,
+        };
         let mut stored = std::collections::HashSet::new();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let keys: Vec<(String, String)> = match self {
-                WriteTx::Sqlite(tx) => {
-                    let mut builder: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
-                        "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
-                         problem, audit_idx, receipt, receipt_proof, receipt_tree_size) ",
+            let keys: Vec<(String, String)> = {
+                // One fixed statement with array parameters, whatever the row count.
+                let mut senders = Vec::with_capacity(chunk.len());
+                let mut ids = Vec::with_capacity(chunk.len());
+                let mut hashes = Vec::with_capacity(chunk.len());
+                let mut statuses = Vec::with_capacity(chunk.len());
+                let mut problems = Vec::with_capacity(chunk.len());
+                let mut indexes = Vec::with_capacity(chunk.len());
+                let mut receipts = Vec::with_capacity(chunk.len());
+                let mut proofs = Vec::with_capacity(chunk.len());
+                let mut sizes = Vec::with_capacity(chunk.len());
+                for row in chunk {
+                    proofs.push(row.answer.receipt_parts.map(|p| p.proof.to_vec()));
+                    sizes.push(
+                        row.answer
+                            .receipt_parts
+                            .map(|p| to_i64(p.tree_size))
+                            .transpose()?,
                     );
-                    let numbers = chunk
-                        .iter()
-                        .map(|row| {
-                            let size = row.answer.receipt_parts.map(|p| to_i64(p.tree_size));
-                            Ok((to_i64(row.audit_idx)?, size.transpose()?))
-                        })
-                        .collect::<Result<Vec<_>, StorageError>>()?;
-                    builder.push_values(
-                        chunk.iter().zip(numbers),
-                        |mut b, (row, (audit_idx, tree_size))| {
-                            b.push_bind(row.sender.as_str().to_owned())
-                                .push_bind(row.message_id.as_str().to_owned())
-                                .push_bind(row.envelope_sha256.to_owned())
-                                .push_bind(i32::from(row.answer.status))
-                                .push_bind(row.answer.problem.map(str::to_owned))
-                                .push_bind(audit_idx)
-                                .push_bind(row.answer.receipt.map(str::to_owned))
-                                .push_bind(row.answer.receipt_parts.map(|p| p.proof.to_vec()))
-                                .push_bind(tree_size);
-                        },
-                    );
-                    builder.push(
-                        " ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id",
-                    );
-                    builder
-                        .build_query_as()
-                        .persistent(false)
-                        .fetch_all(&mut **tx)
-                        .await?
+                    senders.push(row.sender.as_str().to_owned());
+                    ids.push(row.message_id.as_str().to_owned());
+                    hashes.push(row.envelope_sha256.to_owned());
+                    statuses.push(i32::from(row.answer.status));
+                    problems.push(row.answer.problem.map(str::to_owned));
+                    indexes.push(to_i64(row.audit_idx)?);
+                    receipts.push(row.answer.receipt.map(str::to_owned));
                 }
-                WriteTx::Postgres(tx) => {
-                    // One fixed statement with array parameters, whatever the row count.
-                    let mut senders = Vec::with_capacity(chunk.len());
-                    let mut ids = Vec::with_capacity(chunk.len());
-                    let mut hashes = Vec::with_capacity(chunk.len());
-                    let mut statuses = Vec::with_capacity(chunk.len());
-                    let mut problems = Vec::with_capacity(chunk.len());
-                    let mut indexes = Vec::with_capacity(chunk.len());
-                    let mut receipts = Vec::with_capacity(chunk.len());
-                    let mut proofs = Vec::with_capacity(chunk.len());
-                    let mut sizes = Vec::with_capacity(chunk.len());
-                    for row in chunk {
-                        proofs.push(row.answer.receipt_parts.map(|p| p.proof.to_vec()));
-                        sizes.push(
-                            row.answer
-                                .receipt_parts
-                                .map(|p| to_i64(p.tree_size))
-                                .transpose()?,
-                        );
-                        senders.push(row.sender.as_str().to_owned());
-                        ids.push(row.message_id.as_str().to_owned());
-                        hashes.push(row.envelope_sha256.to_owned());
-                        statuses.push(i32::from(row.answer.status));
-                        problems.push(row.answer.problem.map(str::to_owned));
-                        indexes.push(to_i64(row.audit_idx)?);
-                        receipts.push(row.answer.receipt.map(str::to_owned));
-                    }
-                    sqlx::query_as(
-                        "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
-                         problem, audit_idx, receipt, receipt_proof, receipt_tree_size) \
-                         SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::INTEGER[], \
-                         $5::TEXT[], $6::BIGINT[], $7::TEXT[], $8::BYTEA[], $9::BIGINT[]) \
-                         ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id",
-                    )
-                    .bind(senders)
-                    .bind(ids)
-                    .bind(hashes)
-                    .bind(statuses)
-                    .bind(problems)
-                    .bind(indexes)
-                    .bind(receipts)
-                    .bind(proofs)
-                    .bind(sizes)
-                    .fetch_all(&mut **tx)
-                    .await?
-                }
+                sqlx::query_as(
+                    "INSERT INTO seen_messages (sender, message_id, envelope_sha256, status, \
+                     problem, audit_idx, receipt, receipt_proof, receipt_tree_size) \
+                     SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::INTEGER[], \
+                     $5::TEXT[], $6::BIGINT[], $7::TEXT[], $8::BYTEA[], $9::BIGINT[]) \
+                     ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id",
+                )
+                .bind(senders)
+                .bind(ids)
+                .bind(hashes)
+                .bind(statuses)
+                .bind(problems)
+                .bind(indexes)
+                .bind(receipts)
+                .bind(proofs)
+                .bind(sizes)
+                .fetch_all(&mut **tx)
+                .await?
             };
             stored.extend(keys);
         }
@@ -377,7 +396,7 @@ impl WriteTx {
     }
 
     /// Stores admitted messages (each with the audit entry of its decision), many rows per
-    /// statement, except those whose consent ended meanwhile; a second copy of a message
+    /// statement on PostgreSQL, except those whose consent ended meanwhile; a second copy of a message
     /// changes nothing. Returns, per message, 1 if it was stored and 0 if not.
     pub async fn insert_inbox_many(
         &mut self,
@@ -386,62 +405,54 @@ impl WriteTx {
         // The consent is checked again here, inside the commit: a withdrawal that committed
         // after a message was decided but before it is stored wins, and nothing is stored (as
         // if the message had come first and been deleted by the withdrawal).
+        let tx = match self {
+            WriteTx::Sqlite(tx) => {
+                let mut insert = tx.prepare(concat!(
+                    "INSERT INTO inbox (sender, message_id, message_type, purpose, consent_id, \
+                     subject_ref, envelope, received_at, audit_idx, delete_after) \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 \
+                     WHERE NOT EXISTS (SELECT 1 FROM consent_events \
+                     WHERE consent_events.consent_id = ?5 AND event IN ",
+                    ending_events!(),
+                    ") ON CONFLICT (sender, message_id) DO NOTHING"
+                ))?;
+                return messages
+                    .iter()
+                    .map(|(message, audit_idx)| {
+                        Ok(insert.execute((
+                            message.sender.as_str(),
+                            message.message_id.as_str(),
+                            message.message_type.as_str(),
+                            message.purpose.to_string(),
+                            message.consent.as_str(),
+                            message.subject.to_string(),
+                            message.envelope.as_slice(),
+                            db_time(message.received_at),
+                            to_i64(*audit_idx)?,
+                            message.delete_after.map(db_time),
+                        ))? as u64)
+                    })
+                    .collect();
+            }
+            WriteTx::Postgres(tx) => tx,
+        };
         let mut stored = std::collections::HashSet::new();
         for chunk in messages.chunks(ROWS_PER_STATEMENT) {
-            let keys: Vec<(String, String)> = match self {
-                WriteTx::Sqlite(tx) => {
-                    let mut builder: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
-                        "INSERT INTO inbox (sender, message_id, message_type, purpose, consent_id, \
-                         subject_ref, envelope, received_at, audit_idx, delete_after) \
-                         SELECT column1, column2, column3, column4, column5, column6, column7, \
-                         column8, column9, column10 FROM (",
-                    );
-                    let indexes = chunk
-                        .iter()
-                        .map(|(_, audit_idx)| to_i64(*audit_idx))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    builder.push_values(
-                        chunk.iter().zip(indexes),
-                        |mut b, ((message, _), index)| {
-                            b.push_bind(message.sender.as_str().to_owned())
-                                .push_bind(message.message_id.as_str().to_owned())
-                                .push_bind(message.message_type.as_str().to_owned())
-                                .push_bind(message.purpose.to_string())
-                                .push_bind(message.consent.as_str().to_owned())
-                                .push_bind(message.subject.to_string())
-                                .push_bind(message.envelope.clone())
-                                .push_bind(db_time(message.received_at))
-                                .push_bind(index)
-                                .push_bind(message.delete_after.map(db_time));
-                        },
-                    );
-                    builder.push(concat!(
-                        ") WHERE NOT EXISTS (SELECT 1 FROM consent_events \
-                         WHERE consent_events.consent_id = column5 AND event IN ",
-                        ending_events!(),
-                        ") ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id"
-                    ));
-                    builder
-                        .build_query_as()
-                        .persistent(false)
-                        .fetch_all(&mut **tx)
-                        .await?
+            let keys: Vec<(String, String)> = {
+                let mut columns: InboxColumns = Default::default();
+                for (message, audit_idx) in chunk {
+                    columns.0.push(message.sender.as_str().to_owned());
+                    columns.1.push(message.message_id.as_str().to_owned());
+                    columns.2.push(message.message_type.as_str().to_owned());
+                    columns.3.push(message.purpose.to_string());
+                    columns.4.push(message.consent.as_str().to_owned());
+                    columns.5.push(message.subject.to_string());
+                    columns.6.push(message.envelope.clone());
+                    columns.7.push(db_time(message.received_at));
+                    columns.8.push(to_i64(*audit_idx)?);
+                    columns.9.push(message.delete_after.map(db_time));
                 }
-                WriteTx::Postgres(tx) => {
-                    let mut columns: InboxColumns = Default::default();
-                    for (message, audit_idx) in chunk {
-                        columns.0.push(message.sender.as_str().to_owned());
-                        columns.1.push(message.message_id.as_str().to_owned());
-                        columns.2.push(message.message_type.as_str().to_owned());
-                        columns.3.push(message.purpose.to_string());
-                        columns.4.push(message.consent.as_str().to_owned());
-                        columns.5.push(message.subject.to_string());
-                        columns.6.push(message.envelope.clone());
-                        columns.7.push(db_time(message.received_at));
-                        columns.8.push(to_i64(*audit_idx)?);
-                        columns.9.push(message.delete_after.map(db_time));
-                    }
-                    sqlx::query_as(concat!(
+                sqlx::query_as(concat!(
                         "INSERT INTO inbox (sender, message_id, message_type, purpose, consent_id, \
                          subject_ref, envelope, received_at, audit_idx, delete_after) \
                          SELECT v.* FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
@@ -465,7 +476,6 @@ impl WriteTx {
                     .bind(columns.9)
                     .fetch_all(&mut **tx)
                     .await?
-                }
             };
             stored.extend(keys);
         }
@@ -479,24 +489,31 @@ impl WriteTx {
 
     /// Deletes what was received under a consent (after its withdrawal); returns how many.
     pub async fn delete_inbox_for_consent(&mut self, id: &ConsentId) -> Result<u64, StorageError> {
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query("DELETE FROM inbox WHERE consent_id = $1")
+        let sql = "DELETE FROM inbox WHERE consent_id = $1";
+        Ok(match self {
+            WriteTx::Sqlite(tx) => tx.prepare(sql)?.execute([id.as_str()])? as u64,
+            WriteTx::Postgres(tx) => sqlx::query(sql)
                 .bind(id.as_str())
                 .execute(&mut **tx)
                 .await?
-                .rows_affected()
-        });
-        Ok(rows)
+                .rows_affected(),
+        })
     }
 
     /// How many messages received under a consent are kept.
     pub async fn count_inbox_for_consent(&mut self, id: &ConsentId) -> Result<u64, StorageError> {
-        let count: i64 = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE consent_id = $1")
-                .bind(id.as_str())
-                .fetch_one(&mut **tx)
-                .await?
-        });
+        let sql = "SELECT COUNT(*) FROM inbox WHERE consent_id = $1";
+        let count: i64 = match self {
+            WriteTx::Sqlite(tx) => tx
+                .prepare(sql)?
+                .query_row([id.as_str()], |row| row.get(0))?,
+            WriteTx::Postgres(tx) => {
+                sqlx::query_scalar(sql)
+                    .bind(id.as_str())
+                    .fetch_one(&mut **tx)
+                    .await?
+            }
+        };
         to_u64(count)
     }
 }

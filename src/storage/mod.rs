@@ -30,6 +30,7 @@ mod messages;
 mod migrate;
 mod outbox;
 mod peer_checkpoints;
+mod write_tx;
 
 pub use consents::{NewConsent, StoredConsent, StoredEvent, consent, consent_tombstoned, consents};
 pub use lookups::{ConsentCache, Lookups};
@@ -39,8 +40,10 @@ pub use messages::{
     seen_messages, store_receipt, subject_story,
 };
 
+pub use write_tx::{SqliteTx, WriteTx, WriterDb};
+
 pub use audit::{
-    AuditSnapshot, StoredEntry, StoredTree, WriteTx, audit_checkpoints, audit_entries, audit_entry,
+    AuditSnapshot, StoredEntry, StoredTree, audit_checkpoints, audit_entries, audit_entry,
     audit_snapshot, audit_tree, latest_audit_checkpoint,
 };
 pub use audit_query::{audit_checkpoint_of_size, audit_entry_range, audit_leaf_hash_range};
@@ -72,6 +75,9 @@ pub enum StorageError {
     Migration(String),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    /// An error of the SQLite writer's own connection (see `WriterDb`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("refused by a storage invariant: {0}")]
     Invariant(String),
     /// A read shared by several requests failed (each of them gets the cause as text).
@@ -98,9 +104,6 @@ pub(crate) fn db_time(t: time::OffsetDateTime) -> String {
 /// SQLite's soft limit on its own heap, in bytes (see `Database::open`).
 const SQLITE_SOFT_HEAP_LIMIT: u64 = 16 * 1024 * 1024;
 
-/// The page cache of the SQLite writer's own connection, in KiB (see `Database::for_writer`).
-const WRITER_CACHE_KIB: u32 = 8 * 1024;
-
 /// A connection pool on one of the two supported engines.
 #[derive(Debug, Clone)]
 pub enum Database {
@@ -109,26 +112,18 @@ pub enum Database {
 }
 
 impl Database {
-    /// The handle the audit writer commits through. On SQLite that is a pool of its own with
-    /// one connection: SQLite drops a connection's page cache whenever another connection has
-    /// written, so a writer taking any pooled connection started every group commit cold and
-    /// read its B-tree pages again from the file; its own connection keeps them (and a larger
-    /// cache, for the pages of a whole group commit). PostgreSQL's handle is the pool itself.
-    pub fn for_writer(&self) -> Database {
+    /// The handle the audit writer commits through. On SQLite that is a connection of its
+    /// own, driven synchronously (see `WriterDb`); it also keeps its page cache, which SQLite
+    /// drops whenever another connection has written. PostgreSQL's handle is the pool itself.
+    pub fn for_writer(&self) -> WriterDb {
         match self {
-            Database::Sqlite(pool) => {
-                let options = (*pool.connect_options())
-                    .clone()
-                    .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"));
-                Database::Sqlite(
-                    SqlitePoolOptions::new()
-                        .max_connections(1)
-                        .connect_lazy_with(options),
-                )
-            }
-            Database::Postgres(pool) => Database::Postgres(pool.clone()),
+            Database::Sqlite(pool) => WriterDb::Sqlite(write_tx::SqliteWriter::new(
+                pool.connect_options().get_filename(),
+            )),
+            Database::Postgres(pool) => WriterDb::Postgres(pool.clone()),
         }
     }
+
     /// Opens (and for SQLite creates) the database named in the configuration, then applies
     /// pending migrations.
     pub async fn open(config: &DatabaseConfig) -> Result<Self, StorageError> {

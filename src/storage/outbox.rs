@@ -8,11 +8,10 @@
 use super::audit::{to_i64, to_u64};
 use super::{Database, StorageError, WriteTx, db_time};
 use crate::domain::{ConsentId, MessageId, MessageType, OrgId};
-use sqlx::QueryBuilder;
 use time::OffsetDateTime;
 
-/// Rows per multi-row statement: at eleven values per row, below SQLite's limit of 32,766
-/// bound parameters.
+/// Rows per PostgreSQL `UNNEST` statement: a whole group commit of ordinary size in one
+/// statement, with bounded parameter arrays. (SQLite steps one prepared statement per row.)
 const ROWS_PER_STATEMENT: usize = 1_000;
 
 /// One array per column, for PostgreSQL's `UNNEST`.
@@ -417,84 +416,79 @@ pub async fn release_own_stale_claims(db: &Database) -> Result<u64, StorageError
     }
 }
 
-impl WriteTx {
+impl WriteTx<'_> {
     /// Queues messages for delivery (each with the audit entry that accepted it), many rows per
-    /// statement. Returns, per message, 1 if it was queued and 0 if its id was queued already.
+    /// statement on PostgreSQL. Returns, per message, 1 if it was queued and 0 if its id was
+    /// queued already.
     pub async fn enqueue_outbox_many(
         &mut self,
         messages: &[(&NewOutboxMessage, u64)],
     ) -> Result<Vec<u64>, StorageError> {
+        let tx = match self {
+            WriteTx::Sqlite(tx) => {
+                let mut insert = tx.prepare(
+                    "INSERT INTO outbox (message_id, recipient, message_type, consent_id, \
+                     priority, audit_idx, envelope, status, next_attempt_at, created_at, \
+                     updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?8, ?8) \
+                     ON CONFLICT (message_id) DO NOTHING",
+                )?;
+                return messages
+                    .iter()
+                    .map(|(message, audit_idx)| {
+                        Ok(insert.execute((
+                            message.message_id.as_str(),
+                            message.recipient.as_str(),
+                            message.message_type.as_str(),
+                            message.consent.as_str(),
+                            message.priority(),
+                            to_i64(*audit_idx)?,
+                            message.envelope.as_slice(),
+                            db_time(message.accepted_at),
+                        ))? as u64)
+                    })
+                    .collect();
+            }
+            WriteTx::Postgres(tx) => tx,
+        };
         let mut stored = std::collections::HashSet::new();
         for chunk in messages.chunks(ROWS_PER_STATEMENT) {
             let indexes = chunk
                 .iter()
                 .map(|(_, audit_idx)| to_i64(*audit_idx))
                 .collect::<Result<Vec<_>, _>>()?;
-            let ids: Vec<(String,)> = match self {
-                WriteTx::Sqlite(tx) => {
-                    let mut builder: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(
-                        "INSERT INTO outbox (message_id, recipient, message_type, consent_id, \
-                         priority, audit_idx, envelope, status, next_attempt_at, created_at, \
-                         updated_at) ",
-                    );
-                    builder.push_values(
-                        chunk.iter().zip(indexes),
-                        |mut b, ((message, _), index)| {
-                            let at = db_time(message.accepted_at);
-                            b.push_bind(message.message_id.as_str().to_owned())
-                                .push_bind(message.recipient.as_str().to_owned())
-                                .push_bind(message.message_type.as_str().to_owned())
-                                .push_bind(message.consent.as_str().to_owned())
-                                .push_bind(message.priority())
-                                .push_bind(index)
-                                .push_bind(message.envelope.clone())
-                                .push_bind("queued")
-                                .push_bind(at.clone())
-                                .push_bind(at.clone())
-                                .push_bind(at);
-                        },
-                    );
-                    builder.push(" ON CONFLICT (message_id) DO NOTHING RETURNING message_id");
-                    builder
-                        .build_query_as()
-                        .persistent(false)
-                        .fetch_all(&mut **tx)
-                        .await?
+            let ids: Vec<(String,)> = {
+                let mut columns: OutboxColumns = Default::default();
+                for (message, _) in chunk {
+                    columns.0.push(message.message_id.as_str().to_owned());
+                    columns.1.push(message.recipient.as_str().to_owned());
+                    columns.2.push(message.message_type.as_str().to_owned());
+                    columns.3.push(message.consent.as_str().to_owned());
+                    columns.4.push(message.priority());
+                    columns.5.push(message.envelope.clone());
+                    columns.6.push(db_time(message.accepted_at));
                 }
-                WriteTx::Postgres(tx) => {
-                    let mut columns: OutboxColumns = Default::default();
-                    for (message, _) in chunk {
-                        columns.0.push(message.message_id.as_str().to_owned());
-                        columns.1.push(message.recipient.as_str().to_owned());
-                        columns.2.push(message.message_type.as_str().to_owned());
-                        columns.3.push(message.consent.as_str().to_owned());
-                        columns.4.push(message.priority());
-                        columns.5.push(message.envelope.clone());
-                        columns.6.push(db_time(message.accepted_at));
-                    }
-                    sqlx::query_as(
-                        "INSERT INTO outbox (message_id, recipient, message_type, consent_id, \
-                         priority, audit_idx, envelope, status, next_attempt_at, created_at, \
-                         updated_at) \
-                         SELECT v.message_id, v.recipient, v.message_type, v.consent_id, \
-                         v.priority, v.audit_idx, v.envelope, 'queued', v.at, v.at, v.at \
-                         FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
-                         $5::INTEGER[], $6::BIGINT[], $7::BYTEA[], $8::TEXT[]) \
-                         AS v(message_id, recipient, message_type, consent_id, priority, \
-                         audit_idx, envelope, at) \
-                         ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-                    )
-                    .bind(columns.0)
-                    .bind(columns.1)
-                    .bind(columns.2)
-                    .bind(columns.3)
-                    .bind(columns.4)
-                    .bind(indexes)
-                    .bind(columns.5)
-                    .bind(columns.6)
-                    .fetch_all(&mut **tx)
-                    .await?
-                }
+                sqlx::query_as(
+                    "INSERT INTO outbox (message_id, recipient, message_type, consent_id, \
+                     priority, audit_idx, envelope, status, next_attempt_at, created_at, \
+                     updated_at) \
+                     SELECT v.message_id, v.recipient, v.message_type, v.consent_id, \
+                     v.priority, v.audit_idx, v.envelope, 'queued', v.at, v.at, v.at \
+                     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], \
+                     $5::INTEGER[], $6::BIGINT[], $7::BYTEA[], $8::TEXT[]) \
+                     AS v(message_id, recipient, message_type, consent_id, priority, \
+                     audit_idx, envelope, at) \
+                     ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+                )
+                .bind(columns.0)
+                .bind(columns.1)
+                .bind(columns.2)
+                .bind(columns.3)
+                .bind(columns.4)
+                .bind(indexes)
+                .bind(columns.5)
+                .bind(columns.6)
+                .fetch_all(&mut **tx)
+                .await?
             };
             stored.extend(ids.into_iter().map(|(id,)| (id, String::new())));
         }
@@ -520,27 +514,30 @@ impl WriteTx {
                    status_reason = 'cancelled-consent-withdrawn', updated_at = $2 \
                    WHERE consent_id = $1 AND status = 'queued' \
                    AND message_type <> 'consent.withdrawn'";
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query(sql)
+        Ok(match self {
+            WriteTx::Sqlite(tx) => {
+                tx.prepare(sql)?.execute((consent.as_str(), db_time(now)))? as u64
+            }
+            WriteTx::Postgres(tx) => sqlx::query(sql)
                 .bind(consent.as_str())
                 .bind(db_time(now))
                 .execute(&mut **tx)
                 .await?
-                .rows_affected()
-        });
-        Ok(rows)
+                .rows_affected(),
+        })
     }
 
     /// Deletes received messages whose retention ended; returns how many.
     pub async fn purge_expired_inbox(&mut self, now: OffsetDateTime) -> Result<u64, StorageError> {
-        let rows = on_each_engine!(self, WriteTx, |tx| {
-            sqlx::query("DELETE FROM inbox WHERE delete_after IS NOT NULL AND delete_after <= $1")
+        let sql = "DELETE FROM inbox WHERE delete_after IS NOT NULL AND delete_after <= $1";
+        Ok(match self {
+            WriteTx::Sqlite(tx) => tx.prepare(sql)?.execute([db_time(now)])? as u64,
+            WriteTx::Postgres(tx) => sqlx::query(sql)
                 .bind(db_time(now))
                 .execute(&mut **tx)
                 .await?
-                .rows_affected()
-        });
-        Ok(rows)
+                .rows_affected(),
+        })
     }
 }
 

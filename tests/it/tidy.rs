@@ -59,6 +59,7 @@ fn the_pure_modules_do_no_io() {
             .join("\n");
         for forbidden in [
             "sqlx",
+            "rusqlite",
             "actix",
             "reqwest",
             "tokio",
@@ -76,7 +77,7 @@ fn the_pure_modules_do_no_io() {
 #[test]
 fn the_wire_types_know_nothing_of_storage() {
     let text = source("src/wire.rs");
-    for forbidden in ["sqlx", "crate::storage"] {
+    for forbidden in ["sqlx", "rusqlite", "crate::storage"] {
         assert!(
             !text.contains(forbidden),
             "src/wire.rs must not use {forbidden}"
@@ -101,10 +102,12 @@ fn only_storage_speaks_sql() {
         if path.contains("/src/storage/") {
             continue;
         }
-        assert!(
-            !text.contains("sqlx::"),
-            "{path} uses sqlx; only storage may"
-        );
+        for driver in ["sqlx::", "rusqlite::"] {
+            assert!(
+                !text.contains(driver),
+                "{path} uses {driver}; only storage may"
+            );
+        }
         for keyword in ["SELECT ", "INSERT INTO", "UPDATE ", "DELETE FROM"] {
             assert!(!text.contains(keyword), "{path} contains SQL (`{keyword}`)");
         }
