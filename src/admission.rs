@@ -241,16 +241,15 @@ fn kind_of(state: &NodeState, org: &OrgId) -> Option<OrgKind> {
     state.manifest.snapshot().member(org).map(|m| m.kind)
 }
 
-/// The consent this node holds under `id`, as the policy sees it.
-async fn consent_facts(
+/// The consent this node holds under `id` (shared with the lookups' cache, not copied).
+async fn held_consent(
     state: &NodeState,
     id: &ConsentId,
-) -> Result<Option<ConsentRecord>, Problem> {
+) -> Result<Option<std::sync::Arc<storage::StoredConsent>>, Problem> {
     state
         .lookups
         .consent(id)
         .await
-        .map(|c| c.map(|c| c.record))
         .map_err(|e| Problem::unavailable(&e))
 }
 
@@ -261,28 +260,68 @@ pub async fn admit_inbound(
     peer: &Member,
     bytes: &[u8],
 ) -> Result<Admission, Problem> {
-    // The size limit comes first in practice: a node does not parse what it will not accept.
-    let document = boundary::parse_document(bytes);
-    let message_id = document
-        .as_ref()
-        .ok()
-        .and_then(|document| header(document).message_id);
-    let guard = match &message_id {
-        Some(id) => Some(state.in_flight.enter(&peer.org, id).await),
-        None => None,
-    };
-    let mut admission = admit_inbound_unguarded(state, peer, bytes, document).await?;
-    if let Admission::Decided(decided) = &mut admission {
-        decided.in_flight = guard;
-    }
-    Ok(admission)
+    admit_inbound_batch(state, peer, &[bytes])
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(Problem::internal(&"an envelope without an admission")))
 }
 
+/// Admits (or refuses) the envelopes of one batch from an authenticated peer, each on its own
+/// terms, in order, with one read of the replay table for all of them. The message ids must be
+/// distinct (a batch's second use of an id is refused before admission). Another copy of one of
+/// these messages being decided at the same time waits for that decision first.
+pub async fn admit_inbound_batch(
+    state: &NodeState,
+    peer: &Member,
+    items: &[&[u8]],
+) -> Vec<Result<Admission, Problem>> {
+    // The size limit comes first in practice: a node does not parse what it will not accept.
+    let documents: Vec<_> = items
+        .iter()
+        .map(|bytes| boundary::parse_document(bytes))
+        .collect();
+    let ids: Vec<Option<MessageId>> = documents
+        .iter()
+        .map(|document| {
+            document
+                .as_ref()
+                .ok()
+                .and_then(|document| header(document).message_id)
+        })
+        .collect();
+    let mut guards = state
+        .in_flight
+        .enter_all(&peer.org, ids.iter().flatten())
+        .await;
+    let known: Vec<&MessageId> = ids.iter().flatten().collect();
+    let seen = match state.lookups.seen_messages(&peer.org, &known).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            let problem = Problem::unavailable(&e);
+            return items.iter().map(|_| Err(problem.clone())).collect();
+        }
+    };
+    let mut admissions = Vec::with_capacity(items.len());
+    for ((bytes, document), id) in items.iter().zip(documents).zip(ids) {
+        let first_answer = id.as_ref().and_then(|id| seen.get(id)).cloned();
+        let mut admission =
+            admit_inbound_unguarded(state, peer, bytes, document, first_answer).await;
+        if let (Ok(Admission::Decided(decided)), Some(id)) = (&mut admission, &id) {
+            decided.in_flight = guards.remove(id);
+        }
+        admissions.push(admission);
+    }
+    admissions
+}
+
+/// DESIGN §5 for one envelope whose message id this caller holds (if it has one), with the
+/// replay table's row for that id (`seen`), read by the caller.
 async fn admit_inbound_unguarded(
     state: &NodeState,
     peer: &Member,
     bytes: &[u8],
     document: Result<Value, boundary::Refusal>,
+    seen: Option<SeenMessage>,
 ) -> Result<Admission, Problem> {
     let envelope_sha256 = sha256_hex(bytes);
     let refuse = Refuse {
@@ -319,11 +358,11 @@ async fn admit_inbound_unguarded(
     }
     // Step 2: replay. The same id and bytes get the first answer; other bytes are a conflict.
     if let Some(id) = &header.message_id {
-        match state.lookups.seen_message(&peer.org, id).await {
-            Ok(Some(seen)) if seen.envelope_sha256 == envelope_sha256 => {
+        match seen {
+            Some(seen) if seen.envelope_sha256 == envelope_sha256 => {
                 return Ok(Admission::Replay(seen, id.clone()));
             }
-            Ok(Some(_)) => {
+            Some(_) => {
                 let problem = Problem::refused(
                     "message-id-conflict",
                     "this message id was used before with a different body; a new message needs a new id",
@@ -331,8 +370,7 @@ async fn admit_inbound_unguarded(
                 );
                 return Ok(refuse.refuse(problem, None, None));
             }
-            Ok(None) => {}
-            Err(e) => return Err(Problem::unavailable(&e)),
+            None => {}
         }
     }
     let message_id = header.message_id.as_ref();
@@ -353,8 +391,8 @@ async fn admit_inbound_unguarded(
         ));
     };
     let catalogue = state.manifest.snapshot().catalogue.clone();
-    let existing = consent_facts(state, &envelope.consent).await?;
-    let existing_facts = existing.as_ref().and_then(ConsentRecord::facts);
+    let existing = held_consent(state, &envelope.consent).await?;
+    let existing_facts = existing.as_ref().and_then(|c| c.record.facts());
     match &envelope.body {
         BodyV1::ConsentGranted(grant) => {
             let purposes: Option<BTreeSet<PurposeRef>> =
@@ -535,7 +573,7 @@ async fn admit_inbound_unguarded(
                     subject: envelope.subject,
                     envelope: bytes.to_vec(),
                     received_at: now,
-                    delete_after: existing.as_ref().map(|c| {
+                    delete_after: existing.as_ref().map(|c| &c.record).map(|c| {
                         now + time::Duration::days(i64::from(c.retention_at_recipient_days))
                     }),
                 },
@@ -663,34 +701,57 @@ pub fn new_message_id(state: &NodeState) -> Result<MessageId, Problem> {
     Ok(MessageId::v7(millis, random))
 }
 
-/// Admits (or refuses) one message a local system submits, with the checks a receiver runs
-/// (DESIGN §5, "the same checks run outbound"), so a bad message is refused before it is
-/// queued. `record` is the audit record with the actor filled in. Another copy of the same
-/// client message id being decided at the same time waits for that decision.
-pub async fn admit_outbound(
-    state: &NodeState,
-    record: AuditRecord,
-    item: &Value,
-) -> Result<Admission, Problem> {
-    let client_id: Option<MessageId> = item
-        .get("message_id")
+/// The client's message id of a submitted item, if it gave a valid one.
+fn client_message_id(item: &Value) -> Option<MessageId> {
+    item.get("message_id")
         .and_then(Value::as_str)
-        .and_then(|id| id.parse().ok());
-    let guard = match &client_id {
-        Some(id) => Some(state.in_flight.enter(&state.identity.org, id).await),
-        None => None,
-    };
-    let mut admission = admit_outbound_unguarded(state, record, item).await?;
-    if let Admission::Decided(decided) = &mut admission {
-        decided.in_flight = guard;
-    }
-    Ok(admission)
+        .and_then(|id| id.parse().ok())
 }
 
+/// Admits (or refuses) the messages a local system submits (one, or a batch), each with its
+/// audit record (the actor filled in), with the checks a receiver runs (DESIGN §5, "the same
+/// checks run outbound"), so a bad message is refused before it is queued. Each is decided on
+/// its own terms, in order, with one read of the replay table for all of them. The client's
+/// message ids must be distinct (a batch's second use of an id is refused before admission).
+/// Another copy of one of these messages being decided at the same time waits for that
+/// decision first.
+pub async fn admit_outbound(
+    state: &NodeState,
+    items: Vec<(AuditRecord, Value)>,
+) -> Vec<Result<Admission, Problem>> {
+    let me = &state.identity.org;
+    let ids: Vec<Option<MessageId>> = items
+        .iter()
+        .map(|(_, item)| client_message_id(item))
+        .collect();
+    let mut guards = state.in_flight.enter_all(me, ids.iter().flatten()).await;
+    let known: Vec<&MessageId> = ids.iter().flatten().collect();
+    let seen = match state.lookups.seen_messages(me, &known).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            let problem = Problem::unavailable(&e);
+            return items.iter().map(|_| Err(problem.clone())).collect();
+        }
+    };
+    let mut admissions = Vec::with_capacity(items.len());
+    for ((record, item), id) in items.into_iter().zip(ids) {
+        let first_answer = id.as_ref().and_then(|id| seen.get(id)).cloned();
+        let mut admission = admit_outbound_unguarded(state, record, item, first_answer).await;
+        if let (Ok(Admission::Decided(decided)), Some(id)) = (&mut admission, &id) {
+            decided.in_flight = guards.remove(id);
+        }
+        admissions.push(admission);
+    }
+    admissions
+}
+
+/// The receiver's checks for one submitted message whose client id this caller holds (if it
+/// gave one), with the replay table's row for that id (`seen`), read by the caller.
 async fn admit_outbound_unguarded(
     state: &NodeState,
     mut record: AuditRecord,
-    item: &Value,
+    item: Value,
+    seen: Option<SeenMessage>,
 ) -> Result<Admission, Problem> {
     let me = state.identity.org.clone();
     let now = state.clock.now();
@@ -698,12 +759,9 @@ async fn admit_outbound_unguarded(
     if state.manifest.snapshot().is_expired(now) {
         return Err(Problem::manifest_expired());
     }
-    let item_sha256 = sha256_hex(&serde_json::to_vec(item).map_err(|e| Problem::internal(&e))?);
+    let item_sha256 = sha256_hex(&serde_json::to_vec(&item).map_err(|e| Problem::internal(&e))?);
     record.decision = Some(AuditDecision::Deny);
-    let client_id: Option<MessageId> = item
-        .get("message_id")
-        .and_then(Value::as_str)
-        .and_then(|id| id.parse().ok());
+    let client_id = client_message_id(&item);
     let refuse = |mut record: AuditRecord, problem: Problem, remember: Option<&MessageId>| {
         record.reason = Some(problem.reason.to_owned());
         let mut changes = Vec::new();
@@ -727,11 +785,11 @@ async fn admit_outbound_unguarded(
     };
     // A retry of a message with the client's id gets the first answer.
     if let Some(id) = &client_id {
-        match state.lookups.seen_message(&me, id).await {
-            Ok(Some(seen)) if seen.envelope_sha256 == item_sha256 => {
+        match seen {
+            Some(seen) if seen.envelope_sha256 == item_sha256 => {
                 return Ok(Admission::Replay(seen, id.clone()));
             }
-            Ok(Some(_)) => {
+            Some(_) => {
                 let problem = Problem::refused(
                     "message-id-conflict",
                     "this message id was used before with a different message; a new message needs a new id",
@@ -739,8 +797,7 @@ async fn admit_outbound_unguarded(
                 );
                 return Ok(refuse(record, problem, None));
             }
-            Ok(None) => {}
-            Err(e) => return Err(Problem::unavailable(&e)),
+            None => {}
         }
     }
     let submission: SubmissionV1 = match serde_path_to_error::deserialize(item) {
@@ -790,33 +847,37 @@ async fn admit_outbound_unguarded(
     };
     let consent_id: Option<ConsentId> = submission.consent_id.parse().ok();
     let existing = match &consent_id {
-        Some(id) => consent_facts(state, id).await?,
+        Some(id) => held_consent(state, id).await?,
         None => None,
     };
     // The envelope as a receiver will see it; the child's reference comes from the consent
     // (a message under an unknown consent is refused below, after the document checks).
     let subject = existing
         .as_ref()
-        .map(|c| c.subject.to_string())
+        .map(|c| c.record.subject.to_string())
         .unwrap_or_else(|| SubjectRef::from_bytes([0; 16]).to_string());
-    let document = serde_json::json!({
-        "v": crate::wire::ENVELOPE_VERSION,
-        "message_id": message_id.as_str(),
-        "type": submission.message_type,
-        "sender": me.as_str(),
-        "recipient": recipient.as_str(),
-        "purpose": submission.purpose,
-        "consent_id": submission.consent_id,
-        "subject_ref": subject,
-        "sent_at": sent_at(now),
-        "body": submission.body,
-    });
+    // The submission's values move into the envelope; nothing is copied.
+    let purpose = serde_json::to_value(&submission.purpose).map_err(|e| Problem::internal(&e))?;
+    let mut document = serde_json::Map::new();
+    let mut put = |key: &str, value: Value| document.insert(key.to_owned(), value);
+    put("v", Value::from(crate::wire::ENVELOPE_VERSION));
+    put("message_id", Value::String(message_id.as_str().to_owned()));
+    put("type", Value::String(submission.message_type));
+    put("sender", Value::String(me.as_str().to_owned()));
+    put("recipient", Value::String(recipient.as_str().to_owned()));
+    put("purpose", purpose);
+    put("consent_id", Value::String(submission.consent_id));
+    put("subject_ref", Value::String(subject));
+    put("sent_at", Value::String(sent_at(now)));
+    put("body", submission.body);
+    let document = Value::Object(document);
     let bytes = serde_json::to_vec(&document).map_err(|e| Problem::internal(&e))?;
-    let envelope =
-        match boundary::check_document(&bytes, &state.schemas).and_then(Envelope::from_wire) {
-            Ok(envelope) => envelope,
-            Err(refusal) => return Ok(refuse(record, refusal_problem(refusal), remember)),
-        };
+    let envelope = match boundary::check_serialized(document, bytes.len(), &state.schemas)
+        .and_then(Envelope::from_wire)
+    {
+        Ok(envelope) => envelope,
+        Err(refusal) => return Ok(refuse(record, refusal_problem(refusal), remember)),
+    };
     let with_ids = envelope_record(state, &recipient, &sha256_hex(&bytes), Some(&envelope));
     record.message_id_hmac = with_ids.message_id_hmac;
     record.message_type = with_ids.message_type;
@@ -838,7 +899,7 @@ async fn admit_outbound_unguarded(
     let fields = body_fields(&envelope.body);
     let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
     let catalogue = state.manifest.snapshot().catalogue.clone();
-    let existing_facts = existing.as_ref().and_then(ConsentRecord::facts);
+    let existing_facts = existing.as_ref().and_then(|c| c.record.facts());
     let decision = policy::decide(
         &Exchange {
             message_type: envelope.message_type,
@@ -932,6 +993,24 @@ impl InFlight {
             }
             released.await;
         }
+    }
+}
+
+impl InFlight {
+    /// Claims every one of `message_ids` from `sender`, waiting for each that another caller
+    /// is deciding. Ids are claimed in one fixed order (sorted), so two batches that share ids
+    /// never wait for each other in a circle; an id given twice is claimed once.
+    pub async fn enter_all<'a>(
+        self: &std::sync::Arc<Self>,
+        sender: &OrgId,
+        message_ids: impl IntoIterator<Item = &'a MessageId>,
+    ) -> std::collections::HashMap<MessageId, InFlightGuard> {
+        let sorted: BTreeSet<&MessageId> = message_ids.into_iter().collect();
+        let mut guards = std::collections::HashMap::with_capacity(sorted.len());
+        for id in sorted {
+            guards.insert(id.clone(), self.enter(sender, id).await);
+        }
+        guards
     }
 }
 

@@ -70,14 +70,33 @@ pub fn check_document(bytes: &[u8], schemas: &Schemas) -> Result<EnvelopeV1, Ref
     check_parsed(parse_document(bytes)?, schemas)
 }
 
+/// Checks an envelope this node built itself, as [`check_document`] checks its bytes: `document`
+/// is the value that was serialized into `len` bytes. Parsing those bytes again would give the
+/// same value (a map has no duplicate keys to write), so only the size limit and the later
+/// steps remain.
+pub fn check_serialized(
+    document: Value,
+    len: usize,
+    schemas: &Schemas,
+) -> Result<EnvelopeV1, Refusal> {
+    if len > MAX_ENVELOPE_BYTES {
+        return Err(too_large());
+    }
+    check_parsed(document, schemas)
+}
+
+fn too_large() -> Refusal {
+    Refusal::new(
+        "body-too-large",
+        None,
+        format!("an envelope may have at most {MAX_ENVELOPE_BYTES} bytes"),
+    )
+}
+
 /// The size limit and strict parsing: the document that every later step reads.
 pub fn parse_document(bytes: &[u8]) -> Result<Value, Refusal> {
     if bytes.len() > MAX_ENVELOPE_BYTES {
-        return Err(Refusal::new(
-            "body-too-large",
-            None,
-            format!("an envelope may have at most {MAX_ENVELOPE_BYTES} bytes"),
-        ));
+        return Err(too_large());
     }
     // Details name where, never what: a refused document may hold exactly what must not spread.
     strict_json::parse(bytes).map_err(|e| {

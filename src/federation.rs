@@ -425,27 +425,114 @@ async fn answer_one(
                 .await
                 .map_err(|e| Problem::unavailable(&e))?;
             crate::failpoint::hit(crate::failpoint::RECEIVER_AFTER_COMMIT);
-            let (status, body) = match decided.outcome {
-                Outcome::Refused(problem) => (
-                    problem.status,
-                    serde_json::to_string(&problem).map_err(|e| Problem::internal(&e))?,
-                ),
-                // The commit built the receipt and remembered it with the message, so a replay
-                // gets exactly this one.
-                Outcome::Admitted { .. } => (
-                    200,
-                    answer.ok_or_else(|| {
-                        Problem::internal(&"an admitted message without its receipt")
-                    })?,
-                ),
-            };
-            Ok(ItemAnswer {
-                status,
-                body,
-                audit: Some(receipt),
-            })
+            decided_answer(decided.outcome, receipt, answer)
         }
     }
+}
+
+/// The answer to a decision made durable: its refusal, or the delivery receipt the commit
+/// remembered with the admitted message (so a replay gets exactly this one).
+fn decided_answer(
+    outcome: Outcome,
+    receipt: crate::write_path::AuditReceipt,
+    answer: Option<String>,
+) -> Result<ItemAnswer, Problem> {
+    let (status, body) = match outcome {
+        Outcome::Refused(problem) => (
+            problem.status,
+            serde_json::to_string(&problem).map_err(|e| Problem::internal(&e))?,
+        ),
+        Outcome::Admitted { .. } => (
+            200,
+            answer.ok_or_else(|| Problem::internal(&"an admitted message without its receipt"))?,
+        ),
+    };
+    Ok(ItemAnswer {
+        status,
+        body,
+        audit: Some(receipt),
+    })
+}
+
+/// Answers the data envelopes of a batch: admitted together (one read of the replay table),
+/// their decisions appended as one job (one hand-off to the writer, one commit wait), each
+/// answered on its own.
+async fn answer_data(
+    state: &NodeState,
+    peer: &AuthenticatedPeer,
+    items: &[&[u8]],
+) -> Vec<Result<ItemAnswer, Problem>> {
+    let admissions = admission::admit_inbound_batch(state, &peer.member, items).await;
+    // Per envelope: its answer now (a refusal to decide, a replay), or its decision's place in
+    // the job.
+    let mut planned = Vec::with_capacity(items.len());
+    let mut decisions = Vec::new();
+    let mut holds: Vec<crate::write_path::Hold> = Vec::new();
+    let mut outcomes = Vec::new();
+    for admission in admissions {
+        match admission {
+            Err(problem) => planned.push(Err(Err(problem))),
+            Ok(Admission::Replay(seen, message_id)) => {
+                planned.push(Err(Ok((seen, message_id))));
+            }
+            Ok(Admission::Decided(decided)) => {
+                let decided = *decided;
+                if let Some(guard) = decided.in_flight {
+                    holds.push(Box::new(guard));
+                }
+                planned.push(Ok(decisions.len()));
+                decisions.push((decided.record, decided.changes));
+                outcomes.push(Some(decided.outcome));
+            }
+        }
+    }
+    let mut committed: Vec<Option<Result<_, Problem>>> = if decisions.is_empty() {
+        Vec::new()
+    } else {
+        match state.audit.append_decisions(decisions, holds).await {
+            Ok(results) => {
+                crate::failpoint::hit(crate::failpoint::RECEIVER_AFTER_COMMIT);
+                results
+                    .into_iter()
+                    .map(|r| Some(r.map_err(|e| Problem::unavailable(&e))))
+                    .collect()
+            }
+            Err(e) => {
+                let problem = Problem::unavailable(&e);
+                outcomes
+                    .iter()
+                    .map(|_| Some(Err(problem.clone())))
+                    .collect()
+            }
+        }
+    };
+    let mut answers = Vec::with_capacity(items.len());
+    for plan in planned {
+        let answer = match plan {
+            Err(Err(problem)) => Err(problem),
+            Err(Ok((seen, message_id))) => {
+                let status = seen.status;
+                replay_answer(state, &peer.member.org, seen, &message_id)
+                    .await
+                    .map(|body| ItemAnswer {
+                        status,
+                        body,
+                        audit: None,
+                    })
+            }
+            Ok(position) => match (
+                committed.get_mut(position).and_then(Option::take),
+                outcomes.get_mut(position).and_then(Option::take),
+            ) {
+                (Some(done), Some(outcome)) => done.and_then(|decision| {
+                    decided_answer(outcome, decision.receipt, decision.answer)
+                }),
+                _ => Err(Problem::internal(&"a decision without its commit")),
+            },
+        };
+        answers.push(answer);
+    }
+    answers
 }
 
 /// `POST /fed/v1/envelopes`: one envelope (a JSON object), or a batch (a JSON array of
@@ -576,12 +663,11 @@ async fn answer_batch(
     let data_answers = match notice_failed {
         Some(problem) => data.iter().map(|_| Err(problem.clone())).collect(),
         None => {
-            futures_util::future::join_all(data.iter().filter_map(|position| {
-                items
-                    .get(*position)
-                    .map(|item| answer_one(state, peer, item.get().as_bytes()))
-            }))
-            .await
+            let bytes: Vec<&[u8]> = data
+                .iter()
+                .filter_map(|position| items.get(*position).map(|item| item.get().as_bytes()))
+                .collect();
+            answer_data(state, peer, &bytes).await
         }
     };
     for (position, answer) in data.into_iter().zip(data_answers) {

@@ -99,13 +99,21 @@ impl AuditReceipt {
     }
 }
 
+/// What a caller hands the writer: one or more decisions, answered together. A batch of
+/// decisions (the messages of one request) is one job, so it costs one hand-off and one answer,
+/// not one per message; each decision still commits or fails on its own terms.
 struct Job {
-    records: Vec<AuditRecord>,
-    /// Changes that commit in the same transaction as the records, or not at all.
-    changes: Vec<StateChange>,
-    reply: oneshot::Sender<Result<Committed, WriteError>>,
+    decisions: Vec<Unit>,
+    reply: oneshot::Sender<Vec<Result<Committed, WriteError>>>,
     /// Kept until the job is committed (or failed), even if its caller is gone by then.
-    _hold: Option<Hold>,
+    _holds: Vec<Hold>,
+}
+
+/// One decision: its audit records (consecutive entries) and the changes that commit in the
+/// same transaction as them, or not at all.
+struct Unit {
+    records: Vec<AuditRecord>,
+    changes: Vec<StateChange>,
 }
 
 /// Something a caller needs kept until its job is committed or has failed, such as the claim
@@ -114,12 +122,71 @@ struct Job {
 /// its job still commits, so what it holds must live as long as the job, not the request.
 pub type Hold = Box<dyn std::any::Any + Send + Sync>;
 
-/// What a job's commit returned: one receipt per record, and per change the rows it touched.
+/// What a decision's commit returned: one receipt per record, and per change the rows it
+/// touched.
 struct Committed {
     receipts: Vec<AuditReceipt>,
     counts: Vec<u64>,
-    /// The delivery receipt (JSON) a `remember_receipt` change built in the commit.
-    answer: Option<String>,
+    /// The delivery receipt of a `remember_receipt` change.
+    answer: Option<ReceiptAnswer>,
+}
+
+/// The delivery receipt of an admitted message, as the commit left it. Turning it into JSON is
+/// the caller's work, on the caller's thread: the writer is the one thread every commit waits
+/// for.
+enum ReceiptAnswer {
+    /// Built in the commit (a withdrawal's, whose acknowledgement needs the commit's counts).
+    Json(String),
+    /// The inclusion proof the commit computed (and stored as the receipt's parts); the rest
+    /// is the decision's own entry and checkpoint.
+    Proof {
+        message_id: MessageId,
+        proof: Vec<merkle::Hash>,
+    },
+}
+
+/// A decision made durable: its receipt, per change the rows it touched, and the delivery
+/// receipt (JSON) of an admitted message.
+pub struct CommittedDecision {
+    pub receipt: AuditReceipt,
+    pub counts: Vec<u64>,
+    pub answer: Option<String>,
+}
+
+impl Committed {
+    /// The first record's receipt, with the delivery receipt built from it.
+    fn into_decision(self) -> Result<CommittedDecision, WriteError> {
+        let receipt =
+            self.receipts.into_iter().next().ok_or_else(|| {
+                WriteError::Storage("the writer answered without a receipt".into())
+            })?;
+        let answer = match self.answer {
+            None => None,
+            Some(ReceiptAnswer::Json(json)) => Some(json),
+            Some(ReceiptAnswer::Proof { message_id, proof }) => {
+                let entry = receipt
+                    .entry()
+                    .ok_or_else(|| WriteError::Storage("a receipt without its entry".into()))?;
+                let built = crate::receipt::build(
+                    message_id.as_str(),
+                    receipt.index,
+                    entry,
+                    &proof,
+                    &receipt.checkpoint.note,
+                    None,
+                );
+                Some(
+                    serde_json::to_string(&built)
+                        .map_err(|e| WriteError::Storage(e.to_string()))?,
+                )
+            }
+        };
+        Ok(CommittedDecision {
+            receipt,
+            counts: self.counts,
+            answer,
+        })
+    }
 }
 
 /// A change to durable state that commits together with the audit entry recording the decision
@@ -134,8 +201,8 @@ enum Change {
         sender: OrgId,
         message_id: MessageId,
         envelope_sha256: String,
-        /// A withdrawal's acknowledgement: which earlier changes of the job give its counts,
-        /// and when.
+        /// A withdrawal's acknowledgement: which earlier changes of the decision give its
+        /// counts, and when.
         ack: Option<(AckPlan, String)>,
     },
     RememberAnswer {
@@ -196,18 +263,6 @@ impl ApplyContext<'_> {
         ack: Option<&(AckPlan, String)>,
         counts_so_far: &[u64],
     ) -> Result<String, StorageError> {
-        self.receipt_with_proof(index, message_id, ack, counts_so_far)
-            .map(|(json, _)| json)
-    }
-
-    /// The receipt as JSON, and its inclusion proof (for keeping the receipt as its parts).
-    fn receipt_with_proof(
-        &self,
-        index: u64,
-        message_id: &MessageId,
-        ack: Option<&(AckPlan, String)>,
-        counts_so_far: &[u64],
-    ) -> Result<(String, Vec<merkle::Hash>), StorageError> {
         let missing =
             || StorageError::Invariant("a receipt for an entry outside its commit".into());
         let offset = index
@@ -215,13 +270,18 @@ impl ApplyContext<'_> {
             .and_then(|o| usize::try_from(o).ok())
             .ok_or_else(missing)?;
         let entry = self.batch.entries.get(offset).ok_or_else(missing)?;
-        let proof = self.batch.tree.inclusion_proof(index).ok_or_else(missing)?;
+        let proof = self.inclusion_proof(index)?;
         let ack = ack.map(|(plan, at)| plan.fill(message_id, counts_so_far, at.clone()));
         let receipt =
             crate::receipt::build(message_id.as_str(), index, entry, &proof, self.note, ack);
-        let json =
-            serde_json::to_string(&receipt).map_err(|e| StorageError::Invariant(e.to_string()))?;
-        Ok((json, proof))
+        serde_json::to_string(&receipt).map_err(|e| StorageError::Invariant(e.to_string()))
+    }
+
+    /// The inclusion proof of the entry at `index` (in this commit) in the commit's tree.
+    fn inclusion_proof(&self, index: u64) -> Result<Vec<merkle::Hash>, StorageError> {
+        self.batch.tree.inclusion_proof(index).ok_or_else(|| {
+            StorageError::Invariant("a receipt for an entry outside its commit".into())
+        })
     }
 }
 
@@ -243,10 +303,11 @@ impl StateChange {
         })
     }
 
-    /// Remembers an admitted message with its delivery receipt, built in the same commit from
-    /// the job's first entry (its bytes, inclusion proof and the commit's signed checkpoint);
-    /// `append_decision` returns the receipt. A withdrawal's ack is filled in from the
-    /// results of the job's earlier changes.
+    /// Remembers an admitted message with its delivery receipt, from the decision's first
+    /// entry (its bytes, inclusion proof and the commit's signed checkpoint), kept as the parts
+    /// a replay rebuilds it from; `append_decision` returns the receipt. A withdrawal's ack is
+    /// filled in from the results of the decision's earlier changes (that receipt is built
+    /// and kept whole in the commit).
     pub fn remember_receipt(
         sender: OrgId,
         message_id: MessageId,
@@ -378,7 +439,7 @@ impl StateChange {
         audit_idx: u64,
         context: &ApplyContext<'_>,
         counts_so_far: &[u64],
-        answer: &mut Option<String>,
+        answer: &mut Option<ReceiptAnswer>,
     ) -> Result<u64, StorageError> {
         match &self.0 {
             Change::RememberReceipt {
@@ -403,7 +464,7 @@ impl StateChange {
                         audit_idx,
                     }])
                     .await?;
-                *answer = Some(json);
+                *answer = Some(ReceiptAnswer::Json(json));
                 Ok(stored.iter().sum())
             }
             // `PendingRows::take` takes these (and a receipt without an acknowledgement) into
@@ -413,7 +474,7 @@ impl StateChange {
             ),
             Change::RecordConsent(consent) => {
                 // A racing grant under the same id (decided before either committed) records
-                // nothing: the first one stands, and one job's conflict never fails the whole
+                // nothing: the first one stands, and one decision's conflict never fails the whole
                 // group commit for everyone else.
                 let inserted = tx.insert_consent(consent).await?;
                 if inserted == 0 {
@@ -472,10 +533,10 @@ impl StateChange {
     }
 }
 
-/// Where a change's count goes: the job and the change's position in it.
+/// Where a change's count goes: the decision and the change's position in it.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    job_no: usize,
+    decision: usize,
     position: usize,
 }
 
@@ -505,16 +566,16 @@ struct PendingRows<'a> {
 
 impl<'a> PendingRows<'a> {
     /// Takes `change` into the pending rows if it is a common insert that depends on nothing
-    /// else in the commit; returns whether it did. A receipt is built here, so `answer` gets it
-    /// at once. A receipt with an acknowledgement needs the counts of the changes before it,
-    /// so it is not taken.
+    /// else in the commit; returns whether it did. A receipt's inclusion proof is computed
+    /// here, so `answer` gets it at once. A receipt with an acknowledgement needs the counts
+    /// of the changes before it, so it is not taken.
     fn take(
         &mut self,
         change: &'a StateChange,
         slot: Slot,
         audit_idx: u64,
         context: &ApplyContext<'_>,
-        answer: &mut Option<String>,
+        answer: &mut Option<ReceiptAnswer>,
     ) -> Result<bool, StorageError> {
         match &change.0 {
             Change::RememberReceipt {
@@ -523,9 +584,13 @@ impl<'a> PendingRows<'a> {
                 envelope_sha256,
                 ack: None,
             } => {
-                let (json, proof) = context.receipt_with_proof(audit_idx, message_id, None, &[])?;
-                *answer = Some(json);
-                let proof = proof.concat();
+                let proof = context.inclusion_proof(audit_idx)?;
+                let parts = proof.concat();
+                *answer = Some(ReceiptAnswer::Proof {
+                    message_id: message_id.clone(),
+                    proof,
+                });
+                let proof = parts;
                 self.answers.push(PendingAnswer {
                     slot,
                     sender,
@@ -569,8 +634,8 @@ impl<'a> PendingRows<'a> {
     ) -> Result<(), StorageError> {
         let mut place = |slot: Slot, count: u64| {
             if let Some(cell) = counts
-                .get_mut(slot.job_no)
-                .and_then(|job| job.get_mut(slot.position))
+                .get_mut(slot.decision)
+                .and_then(|decision| decision.get_mut(slot.position))
             {
                 *cell = count;
             }
@@ -659,6 +724,12 @@ impl WriterStats {
     }
 }
 
+impl Job {
+    fn record_count(&self) -> usize {
+        self.decisions.iter().map(|unit| unit.records.len()).sum()
+    }
+}
+
 impl WritePath {
     pub fn stats(&self) -> &WriterStats {
         &self.stats
@@ -677,7 +748,11 @@ impl WritePath {
         &self,
         records: Vec<AuditRecord>,
     ) -> Result<Vec<AuditReceipt>, WriteError> {
-        Ok(self.submit(records, Vec::new()).await?.receipts)
+        let unit = Unit {
+            records,
+            changes: Vec::new(),
+        };
+        Ok(self.submit_one(unit, Vec::new()).await?.receipts)
     }
 
     /// Appends one record together with state changes, in one transaction: either all of it
@@ -691,48 +766,72 @@ impl WritePath {
         Ok((receipt, counts))
     }
 
-    /// As [`WritePath::append_with`], also returning the delivery receipt (JSON) that a
-    /// `remember_receipt` change built in the commit, and keeping `hold` until the job is
-    /// committed or has failed, whether or not the caller still waits (see [`Hold`]).
+    /// As [`WritePath::append_with`], also returning the delivery receipt (JSON) of a
+    /// `remember_receipt` change, and keeping `hold` until the job is committed or has failed,
+    /// whether or not the caller still waits (see [`Hold`]).
     pub async fn append_decision(
         &self,
         record: AuditRecord,
         changes: Vec<StateChange>,
         hold: Option<Hold>,
     ) -> Result<(AuditReceipt, Vec<u64>, Option<String>), WriteError> {
-        let committed = self.submit_holding(vec![record], changes, hold).await?;
-        let receipt =
-            committed.receipts.into_iter().next().ok_or_else(|| {
-                WriteError::Storage("the writer answered without a receipt".into())
-            })?;
-        Ok((receipt, committed.counts, committed.answer))
+        let unit = Unit {
+            records: vec![record],
+            changes,
+        };
+        let decision = self
+            .submit_one(unit, hold.into_iter().collect())
+            .await?
+            .into_decision()?;
+        Ok((decision.receipt, decision.counts, decision.answer))
+    }
+
+    /// Appends many decisions (each a record with its changes) as one job: one hand-off to the
+    /// writer and one answer for all of them, instead of one per decision. Each decision
+    /// commits with its own changes or fails on its own (a record too large, say); the answers
+    /// come in the order given. `holds` are kept until the job is committed or has failed.
+    pub async fn append_decisions(
+        &self,
+        decisions: Vec<(AuditRecord, Vec<StateChange>)>,
+        holds: Vec<Hold>,
+    ) -> Result<Vec<Result<CommittedDecision, WriteError>>, WriteError> {
+        let units = decisions
+            .into_iter()
+            .map(|(record, changes)| Unit {
+                records: vec![record],
+                changes,
+            })
+            .collect();
+        Ok(self
+            .submit(units, holds)
+            .await?
+            .into_iter()
+            .map(|result| result.and_then(Committed::into_decision))
+            .collect())
+    }
+
+    async fn submit_one(&self, unit: Unit, holds: Vec<Hold>) -> Result<Committed, WriteError> {
+        self.submit(vec![unit], holds)
+            .await?
+            .pop()
+            .ok_or_else(|| WriteError::Storage("the writer answered without a result".into()))?
     }
 
     async fn submit(
         &self,
-        records: Vec<AuditRecord>,
-        changes: Vec<StateChange>,
-    ) -> Result<Committed, WriteError> {
-        self.submit_holding(records, changes, None).await
-    }
-
-    async fn submit_holding(
-        &self,
-        records: Vec<AuditRecord>,
-        changes: Vec<StateChange>,
-        hold: Option<Hold>,
-    ) -> Result<Committed, WriteError> {
+        decisions: Vec<Unit>,
+        holds: Vec<Hold>,
+    ) -> Result<Vec<Result<Committed, WriteError>>, WriteError> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Job {
-                records,
-                changes,
+                decisions,
                 reply,
-                _hold: hold,
+                _holds: holds,
             })
             .await
             .map_err(|_| WriteError::Stopped)?;
-        answer.await.map_err(|_| WriteError::Stopped)?
+        answer.await.map_err(|_| WriteError::Stopped)
     }
 }
 
@@ -1001,12 +1100,12 @@ impl WriterState {
                 }
             };
             let Some(first) = first else { break };
+            let mut count = first.record_count();
             let mut jobs = vec![first];
-            let mut count = jobs.iter().map(|j| j.records.len()).sum::<usize>();
             while count < MAX_BATCH_RECORDS {
                 match receiver.try_recv() {
                     Ok(job) => {
-                        count += job.records.len();
+                        count += job.record_count();
                         jobs.push(job);
                     }
                     Err(_) => break,
@@ -1029,90 +1128,118 @@ impl WriterState {
     }
 
     async fn commit_and_answer(&mut self, jobs: Vec<Job>) {
-        // A record that cannot be encoded fails alone, not the batch: check the size of any
-        // record that could be too large, with the widest possible index, before the
-        // transaction. Ordinary records are far below the limit and skip the extra encoding.
-        let mut accepted = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            if job.records.is_empty() {
-                // Changes never commit without an audit entry saying why.
-                let answer = if job.changes.is_empty() {
-                    Ok(Committed {
-                        receipts: Vec::new(),
-                        counts: Vec::new(),
-                        answer: None,
-                    })
+        // Each decision gets a result slot; a decision that cannot be committed fails alone,
+        // not the group: a record too large to encode (checked, for any record that could be,
+        // with the widest possible index before the transaction; ordinary records are far
+        // below the limit and skip the extra encoding), or changes without a record.
+        let mut results: Vec<Vec<Option<Result<Committed, WriteError>>>> = jobs
+            .iter()
+            .map(|job| job.decisions.iter().map(|_| None).collect())
+            .collect();
+        let mut accepted: Vec<(usize, usize, &Unit)> = Vec::new();
+        for (job_no, job) in jobs.iter().enumerate() {
+            for (unit_no, unit) in job.decisions.iter().enumerate() {
+                let refused = if unit.records.is_empty() {
+                    // Changes never commit without an audit entry saying why.
+                    (!unit.changes.is_empty())
+                        .then(|| WriteError::Refused("a state change needs an audit record".into()))
                 } else {
-                    Err(WriteError::Refused(
-                        "a state change needs an audit record".into(),
-                    ))
-                };
-                let _ = job.reply.send(answer);
-                continue;
-            }
-            match job
-                .records
-                .iter()
-                .filter(|r| !entry::surely_fits(r))
-                .try_for_each(|r| entry::encode(r, u64::MAX, self.hmac_key_version).map(drop))
-            {
-                Ok(()) => accepted.push(job),
-                Err(e) => {
-                    let _ = job.reply.send(Err(WriteError::Entry(e)));
-                }
-            }
-        }
-        if accepted.is_empty() {
-            return;
-        }
-        let records: Vec<&AuditRecord> = accepted.iter().flat_map(|j| j.records.iter()).collect();
-        match self.commit(&records, &accepted).await {
-            Ok((first_index, checkpoint, batch, counts, answers)) => {
-                let mut index = first_index;
-                for ((job, counts), answer) in accepted.into_iter().zip(counts).zip(answers) {
-                    let receipts = job
-                        .records
+                    unit.records
                         .iter()
-                        .map(|_| {
-                            let receipt = AuditReceipt {
-                                index,
-                                checkpoint: checkpoint.clone(),
-                                batch: batch.clone(),
-                            };
-                            index += 1;
-                            receipt
+                        .filter(|r| !entry::surely_fits(r))
+                        .try_for_each(|r| {
+                            entry::encode(r, u64::MAX, self.hmac_key_version).map(drop)
                         })
-                        .collect();
-                    let _ = job.reply.send(Ok(Committed {
-                        receipts,
-                        counts,
-                        answer,
-                    }));
+                        .err()
+                        .map(WriteError::Entry)
+                };
+                let slot = results.get_mut(job_no).and_then(|job| job.get_mut(unit_no));
+                match (refused, slot) {
+                    (Some(e), Some(slot)) => *slot = Some(Err(e)),
+                    (None, Some(slot)) if unit.records.is_empty() => {
+                        *slot = Some(Ok(Committed {
+                            receipts: Vec::new(),
+                            counts: Vec::new(),
+                            answer: None,
+                        }))
+                    }
+                    _ => accepted.push((job_no, unit_no, unit)),
                 }
-                self.unpublished = Some(checkpoint);
             }
-            Err(e) => {
-                tracing::error!(error = %e, records = records.len(), "audit append failed; refusing the requests that needed it");
-                for job in accepted {
-                    let _ = job.reply.send(Err(e.clone()));
+        }
+        if !accepted.is_empty() {
+            let units: Vec<&Unit> = accepted.iter().map(|(_, _, unit)| *unit).collect();
+            match self.commit(&units).await {
+                Ok((first_index, checkpoint, batch, counts, answers)) => {
+                    let mut index = first_index;
+                    for (((job_no, unit_no, unit), counts), answer) in
+                        accepted.iter().zip(counts).zip(answers)
+                    {
+                        let receipts = unit
+                            .records
+                            .iter()
+                            .map(|_| {
+                                let receipt = AuditReceipt {
+                                    index,
+                                    checkpoint: checkpoint.clone(),
+                                    batch: batch.clone(),
+                                };
+                                index += 1;
+                                receipt
+                            })
+                            .collect();
+                        if let Some(slot) = results
+                            .get_mut(*job_no)
+                            .and_then(|job| job.get_mut(*unit_no))
+                        {
+                            *slot = Some(Ok(Committed {
+                                receipts,
+                                counts,
+                                answer,
+                            }));
+                        }
+                    }
+                    self.unpublished = Some(checkpoint);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, records = units.iter().map(|u| u.records.len()).sum::<usize>(), "audit append failed; refusing the requests that needed it");
+                    for (job_no, unit_no, _) in &accepted {
+                        if let Some(slot) = results
+                            .get_mut(*job_no)
+                            .and_then(|job| job.get_mut(*unit_no))
+                        {
+                            *slot = Some(Err(e.clone()));
+                        }
+                    }
                 }
             }
+        }
+        for (job, results) in jobs.into_iter().zip(results) {
+            let answers = results
+                .into_iter()
+                .map(|result| {
+                    result.unwrap_or_else(|| {
+                        Err(WriteError::Storage("a decision was left unanswered".into()))
+                    })
+                })
+                .collect();
+            let _ = job.reply.send(answers);
         }
     }
 
     /// One transaction: re-read the tree (another replica may have appended), append, sign,
-    /// commit.
+    /// commit. Returns the first index, the checkpoint, the batch, and per decision its
+    /// changes' counts and its delivery receipt.
     async fn commit(
         &mut self,
-        records: &[&AuditRecord],
-        jobs: &[Job],
+        units: &[&Unit],
     ) -> Result<
         (
             u64,
             Arc<CommittedCheckpoint>,
             Arc<CommittedBatch>,
             Vec<Vec<u64>>,
-            Vec<Option<String>>,
+            Vec<Option<ReceiptAnswer>>,
         ),
         WriteError,
     > {
@@ -1143,7 +1270,8 @@ impl WriterState {
                 self.floor
             )));
         }
-        let mut rows = Vec::with_capacity(records.len());
+        let records = units.iter().flat_map(|unit| unit.records.iter());
+        let mut rows = Vec::with_capacity(units.len());
         for (offset, record) in (0u64..).zip(records) {
             let bytes = entry::encode(record, first + offset, self.hmac_key_version)?;
             let leaf = merkle::leaf_hash(&bytes);
@@ -1175,23 +1303,23 @@ impl WriterState {
             note: &note,
             tree_size: head.size,
         };
-        // Each job's changes carry the index of the job's first record: the entry that
+        // Each decision's changes carry the index of its first record: the entry that
         // records the decision behind them.
         // The common inserts (replay rows, inbox rows, outbox rows) wait in `pending` and go
         // in as multi-row statements: with SQLite each statement is a hop to the driver's
         // thread (DESIGN §11). Any other change first writes what is pending, so every change
         // still sees the ones before it, in order.
-        let mut counts: Vec<Vec<u64>> = Vec::with_capacity(jobs.len());
-        let mut answers = Vec::with_capacity(jobs.len());
+        let mut counts: Vec<Vec<u64>> = Vec::with_capacity(units.len());
+        let mut answers = Vec::with_capacity(units.len());
         let mut pending = PendingRows::default();
-        let mut job_first = first;
-        for (job_no, job) in jobs.iter().enumerate() {
-            counts.push(Vec::with_capacity(job.changes.len()));
+        let mut unit_first = first;
+        for (decision, unit) in units.iter().enumerate() {
+            counts.push(Vec::with_capacity(unit.changes.len()));
             let mut answer = None;
-            for (position, change) in job.changes.iter().enumerate() {
-                let slot = Slot { job_no, position };
+            for (position, change) in unit.changes.iter().enumerate() {
+                let slot = Slot { decision, position };
                 let count = if pending
-                    .take(change, slot, job_first, &context, &mut answer)
+                    .take(change, slot, unit_first, &context, &mut answer)
                     .map_err(storage_error)?
                 {
                     // Filled in when the pending rows are written.
@@ -1201,18 +1329,18 @@ impl WriterState {
                         .write(&mut tx, &mut counts)
                         .await
                         .map_err(storage_error)?;
-                    let so_far = counts.get(job_no).map(Vec::as_slice).unwrap_or_default();
+                    let so_far = counts.get(decision).map(Vec::as_slice).unwrap_or_default();
                     change
-                        .apply(&mut tx, job_first, &context, so_far, &mut answer)
+                        .apply(&mut tx, unit_first, &context, so_far, &mut answer)
                         .await
                         .map_err(storage_error)?
                 };
-                if let Some(job_counts) = counts.get_mut(job_no) {
-                    job_counts.push(count);
+                if let Some(decision_counts) = counts.get_mut(decision) {
+                    decision_counts.push(count);
                 }
             }
             answers.push(answer);
-            job_first += job.records.len() as u64;
+            unit_first += unit.records.len() as u64;
         }
         pending
             .write(&mut tx, &mut counts)
@@ -1229,9 +1357,9 @@ impl WriterState {
             .map_err(storage_error)?;
         tx.commit().await.map_err(storage_error)?;
         if let Some(cache) = &self.consent_cache {
-            let changed: Vec<&ConsentId> = jobs
+            let changed: Vec<&ConsentId> = units
                 .iter()
-                .flat_map(|job| &job.changes)
+                .flat_map(|unit| &unit.changes)
                 .filter_map(StateChange::changed_consent)
                 .collect();
             if !changed.is_empty() {

@@ -132,83 +132,140 @@ fn replayed(seen: SeenMessage, message_id: &MessageId) -> SubmittedV1 {
     }
 }
 
-/// Checks, records and queues one message; the result and the receipt of a fresh decision.
-async fn submit_one(
+/// Checks, records and queues the messages of one submission (one, or a batch), each on its
+/// own terms, in order: the results, each with the receipt of its fresh decision (`None` for a
+/// retry, answered as the first time). The decisions go to the write path as one job, so a
+/// batch costs one hand-off and one commit wait, not one per message. A message id used twice
+/// in one submission is refused the second time (`message-id-conflict`): both cannot be
+/// queued. If any message cannot be decided now (`unavailable`, an expired manifest), the
+/// whole submission is refused and nothing of it is recorded.
+async fn submit_all(
     state: &NodeState,
     actor: &Actor,
-    item: &Value,
-) -> Result<(SubmittedV1, Option<AuditReceipt>), Problem> {
-    let mut record = audited::record(state, "local.message.submit", AuditDecision::Deny, None);
-    record.actor = Some(actor.audit_actor(state));
-    match admission::admit_outbound(state, record, item).await? {
-        Admission::Replay(seen, message_id) => Ok((replayed(seen, &message_id), None)),
-        Admission::Decided(decided) => {
-            let decided = *decided;
-            // The claim on the client's message id lives until the commit, even if this request
-            // is dropped first (its client gone): a retry must then find the decision.
-            let hold = decided
-                .in_flight
-                .map(|guard| Box::new(guard) as crate::write_path::Hold);
-            let (receipt, _, _) = state
-                .audit
-                .append_decision(decided.record, decided.changes, hold)
-                .await
-                .map_err(|e| Problem::unavailable(&e))?;
-            let result = match decided.outcome {
-                Outcome::Refused(problem) => SubmittedV1 {
-                    status: problem.status,
-                    message_id: item
-                        .get("message_id")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned),
-                    state: None,
-                    audit_leaf_index: Some(receipt.index),
-                    problem: serde_json::to_value(&problem).ok(),
-                },
-                Outcome::Admitted { message_id, .. } => {
-                    state.delivery_wake.notify_one();
-                    SubmittedV1 {
-                        status: 202,
-                        message_id: Some(message_id.to_string()),
-                        state: Some("queued".into()),
-                        audit_leaf_index: Some(receipt.index),
-                        problem: None,
-                    }
+    items: Vec<Value>,
+) -> Result<Vec<(SubmittedV1, Option<AuditReceipt>)>, Problem> {
+    let audit_actor = actor.audit_actor(state);
+    let record = || {
+        let mut record = audited::record(state, "local.message.submit", AuditDecision::Deny, None);
+        record.actor = Some(audit_actor.clone());
+        record
+    };
+    let client_ids: Vec<Option<String>> = items
+        .iter()
+        .map(|item| {
+            item.get("message_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut ids_used = std::collections::HashSet::new();
+    let duplicate: Vec<bool> = client_ids
+        .iter()
+        .map(|id| id.as_ref().is_some_and(|id| !ids_used.insert(id)))
+        .collect();
+    let fresh = items
+        .into_iter()
+        .zip(&duplicate)
+        .filter(|(_, duplicate)| !**duplicate)
+        .map(|(item, _)| (record(), item))
+        .collect();
+    let mut admissions = admission::admit_outbound(state, fresh).await.into_iter();
+    // Per item: its answer now (a retry), or its decision's place in the job.
+    let mut planned = Vec::with_capacity(duplicate.len());
+    let mut decisions = Vec::new();
+    let mut holds: Vec<crate::write_path::Hold> = Vec::new();
+    let mut outcomes = Vec::new();
+    for duplicate in duplicate {
+        let admission = if duplicate {
+            let problem = Problem::refused(
+                "message-id-conflict",
+                "this message id is used by an earlier message of the same batch",
+                Some("/message_id".into()),
+            );
+            let mut record = record();
+            record.reason = Some(problem.reason.to_owned());
+            Admission::Decided(Box::new(admission::Decided {
+                record,
+                changes: Vec::new(),
+                outcome: Outcome::Refused(problem),
+                in_flight: None,
+            }))
+        } else {
+            admissions
+                .next()
+                .ok_or_else(|| Problem::internal(&"a submitted message without an admission"))??
+        };
+        match admission {
+            Admission::Replay(seen, message_id) => {
+                planned.push(Err(replayed(seen, &message_id)));
+            }
+            Admission::Decided(decided) => {
+                let decided = *decided;
+                // The claim on the client's message id lives until the commit, even if this
+                // request is dropped first (its client gone): a retry must then find the
+                // decision.
+                if let Some(guard) = decided.in_flight {
+                    holds.push(Box::new(guard));
                 }
-            };
-            Ok((result, Some(receipt)))
+                planned.push(Ok(decisions.len()));
+                decisions.push((decided.record, decided.changes));
+                outcomes.push(decided.outcome);
+            }
         }
     }
-}
-
-/// Refuses a batch item whose message id an earlier item of the batch uses (audited).
-async fn refuse_duplicate(
-    state: &NodeState,
-    actor: &Actor,
-    item: &Value,
-) -> Result<(SubmittedV1, Option<AuditReceipt>), Problem> {
-    let problem = Problem::refused(
-        "message-id-conflict",
-        "this message id is used by an earlier message of the same batch",
-        Some("/message_id".into()),
-    );
-    let mut record = audited::record(state, "local.message.submit", AuditDecision::Deny, None);
-    record.actor = Some(actor.audit_actor(state));
-    record.reason = Some(problem.reason.to_owned());
-    let receipt = audited::permit(state, record).await?;
-    Ok((
-        SubmittedV1 {
-            status: problem.status,
-            message_id: item
-                .get("message_id")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            state: None,
-            audit_leaf_index: Some(receipt.index),
-            problem: serde_json::to_value(&problem).ok(),
-        },
-        Some(receipt),
-    ))
+    let committed = if decisions.is_empty() {
+        Vec::new()
+    } else {
+        state
+            .audit
+            .append_decisions(decisions, holds)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?
+    };
+    let mut committed: Vec<Option<_>> = committed.into_iter().map(Some).collect();
+    let mut outcomes: Vec<Option<Outcome>> = outcomes.into_iter().map(Some).collect();
+    let mut queued = false;
+    let mut results = Vec::with_capacity(client_ids.len());
+    for (client_id, plan) in client_ids.into_iter().zip(planned) {
+        let position = match plan {
+            Err(replay) => {
+                results.push((replay, None));
+                continue;
+            }
+            Ok(position) => position,
+        };
+        let (Some(Some(done)), Some(Some(outcome))) = (
+            committed.get_mut(position).map(Option::take),
+            outcomes.get_mut(position).map(Option::take),
+        ) else {
+            return Err(Problem::internal(&"a decision without its commit"));
+        };
+        let receipt = done.map_err(|e| Problem::unavailable(&e))?.receipt;
+        let result = match outcome {
+            Outcome::Refused(problem) => SubmittedV1 {
+                status: problem.status,
+                message_id: client_id,
+                state: None,
+                audit_leaf_index: Some(receipt.index),
+                problem: serde_json::to_value(&problem).ok(),
+            },
+            Outcome::Admitted { message_id, .. } => {
+                queued = true;
+                SubmittedV1 {
+                    status: 202,
+                    message_id: Some(message_id.to_string()),
+                    state: Some("queued".into()),
+                    audit_leaf_index: Some(receipt.index),
+                    problem: None,
+                }
+            }
+        };
+        results.push((result, Some(receipt)));
+    }
+    if queued {
+        state.delivery_wake.notify_one();
+    }
+    Ok(results)
 }
 
 /// The response for a single message: 202 with the result, or the refusal itself.
@@ -271,27 +328,10 @@ pub async fn submit(
                     "a batch holds 1 to {MAX_BATCH} messages"
                 )));
             }
-            // Every item is checked and appended concurrently, so the group commit takes them
-            // together; each is its own decision with its own audit entry. A message id used
-            // twice in one batch is refused the second time: both cannot be queued.
-            let mut seen_ids = std::collections::HashSet::new();
-            let outcomes = futures_util::future::join_all(items.iter().map(|item| {
-                let id = item.get("message_id").and_then(Value::as_str);
-                let duplicate = id.is_some_and(|id| !seen_ids.insert(id.to_owned()));
-                let (state, actor) = (&state, &actor);
-                async move {
-                    if duplicate {
-                        refuse_duplicate(state, actor, item).await
-                    } else {
-                        submit_one(state, actor, item).await
-                    }
-                }
-            }))
-            .await;
+            let outcomes = submit_all(&state, &actor, items).await?;
             let mut results = Vec::with_capacity(outcomes.len());
             let mut last_receipt = None;
-            for outcome in outcomes {
-                let (result, receipt) = outcome?;
+            for (result, receipt) in outcomes {
                 results.push(result);
                 last_receipt = receipt.or(last_receipt);
             }
@@ -302,7 +342,10 @@ pub async fn submit(
             })
         }
         item @ Value::Object(_) => {
-            let (result, receipt) = submit_one(&state, &actor, &item).await?;
+            let (result, receipt) = submit_all(&state, &actor, vec![item])
+                .await?
+                .pop()
+                .ok_or_else(|| Problem::internal(&"a submitted message without a result"))?;
             let response = single_response(&result);
             Ok(match receipt {
                 Some(receipt) => SubmitAnswer::Fresh(Audited::new(receipt, response)),

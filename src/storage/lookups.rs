@@ -37,7 +37,8 @@ struct CacheInner {
     /// Counts the commits that changed consents; a read keeps its result only if no such
     /// commit happened while it read.
     generation: u64,
-    consents: HashMap<ConsentId, StoredConsent>,
+    /// Shared, not copied: every message under a consent reads it.
+    consents: HashMap<ConsentId, Arc<StoredConsent>>,
 }
 
 impl ConsentCache {
@@ -49,7 +50,7 @@ impl ConsentCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get(&self, id: &ConsentId) -> Option<StoredConsent> {
+    fn get(&self, id: &ConsentId) -> Option<Arc<StoredConsent>> {
         self.lock().consents.get(id).cloned()
     }
 
@@ -59,7 +60,7 @@ impl ConsentCache {
 
     /// Keeps what a read that began at `generation` found, unless a commit changed consents
     /// since.
-    fn keep(&self, generation: u64, found: &HashMap<ConsentId, StoredConsent>) {
+    fn keep(&self, generation: u64, found: &HashMap<ConsentId, Arc<StoredConsent>>) {
         let mut inner = self.lock();
         if inner.generation != generation {
             return;
@@ -101,7 +102,7 @@ enum Lookup {
     },
     Consent {
         id: ConsentId,
-        answer: Answer<Option<StoredConsent>>,
+        answer: Answer<Option<Arc<StoredConsent>>>,
     },
 }
 
@@ -241,9 +242,15 @@ impl Lookups {
         sender: &OrgId,
         message_ids: &[&MessageId],
     ) -> Result<HashMap<MessageId, SeenMessage>, StorageError> {
-        match &self.readers {
-            Some(readers) => readers.read(|c| seen_directly(c, sender, message_ids)),
-            None => seen_messages(&self.db, sender, message_ids).await,
+        match (&self.readers, message_ids) {
+            (Some(readers), _) => readers.read(|c| seen_directly(c, sender, message_ids)),
+            // One id joins the shared rounds of the lookup task; a batch reads its own.
+            (None, [id]) => Ok(self
+                .seen_message(sender, id)
+                .await?
+                .map(|seen| HashMap::from([((*id).clone(), seen)]))
+                .unwrap_or_default()),
+            (None, _) => seen_messages(&self.db, sender, message_ids).await,
         }
     }
 
@@ -271,7 +278,10 @@ impl Lookups {
     }
 
     /// The consent with this id and its events, if this node holds it.
-    pub async fn consent(&self, id: &ConsentId) -> Result<Option<StoredConsent>, StorageError> {
+    pub async fn consent(
+        &self,
+        id: &ConsentId,
+    ) -> Result<Option<Arc<StoredConsent>>, StorageError> {
         if let Some(consent) = self.cache.as_ref().and_then(|cache| cache.get(id)) {
             return Ok(Some(consent));
         }
@@ -307,7 +317,7 @@ async fn run(db: Database, cache: Option<Arc<ConsentCache>>, mut receiver: mpsc:
 /// Reads one round's lookups together and answers each of them.
 async fn answer_round(db: &Database, cache: Option<&ConsentCache>, round: Vec<Lookup>) {
     let mut seen_asked: HashMap<OrgId, SeenAsked> = HashMap::new();
-    let mut consents_asked: Vec<(ConsentId, Answer<Option<StoredConsent>>)> = Vec::new();
+    let mut consents_asked: Vec<(ConsentId, Answer<Option<Arc<StoredConsent>>>)> = Vec::new();
     for lookup in round {
         match lookup {
             Lookup::Seen {
@@ -337,6 +347,10 @@ async fn answer_round(db: &Database, cache: Option<&ConsentCache>, round: Vec<Lo
         let generation = cache.map(ConsentCache::generation);
         match consents(db, &ids).await {
             Ok(found) => {
+                let found: HashMap<ConsentId, Arc<StoredConsent>> = found
+                    .into_iter()
+                    .map(|(id, consent)| (id, Arc::new(consent)))
+                    .collect();
                 if let (Some(cache), Some(generation)) = (cache, generation) {
                     cache.keep(generation, &found);
                 }
