@@ -390,7 +390,9 @@ async fn admit_inbound_unguarded(
             &"a party of an admitted envelope is not in the manifest",
         ));
     };
-    let catalogue = state.manifest.snapshot().catalogue.clone();
+    // Borrowed from this request's snapshot of the manifest, not copied.
+    let manifest = state.manifest.snapshot();
+    let catalogue = &manifest.catalogue;
     let existing = held_consent(state, &envelope.consent).await?;
     let existing_facts = existing.as_ref().and_then(|c| c.record.facts());
     match &envelope.body {
@@ -436,7 +438,7 @@ async fn admit_inbound_unguarded(
                     retention_days: grant.retention_at_recipient_days,
                     withdrawn_before_granted,
                 },
-                &catalogue,
+                catalogue,
                 existing_facts.as_ref(),
                 now,
             );
@@ -552,7 +554,7 @@ async fn admit_inbound_unguarded(
                     subject: &envelope.subject,
                     body_fields: &fields,
                 },
-                &catalogue,
+                catalogue,
                 existing_facts.as_ref(),
                 now,
             );
@@ -898,7 +900,9 @@ async fn admit_outbound_unguarded(
     };
     let fields = body_fields(&envelope.body);
     let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
-    let catalogue = state.manifest.snapshot().catalogue.clone();
+    // Borrowed from this request's snapshot of the manifest, not copied.
+    let manifest = state.manifest.snapshot();
+    let catalogue = &manifest.catalogue;
     let existing_facts = existing.as_ref().and_then(|c| c.record.facts());
     let decision = policy::decide(
         &Exchange {
@@ -912,7 +916,7 @@ async fn admit_outbound_unguarded(
             subject: &envelope.subject,
             body_fields: &fields,
         },
-        &catalogue,
+        catalogue,
         existing_facts.as_ref(),
         now,
     );

@@ -104,9 +104,18 @@ impl AuditReceipt {
 /// not one per message; each decision still commits or fails on its own terms.
 struct Job {
     decisions: Vec<Unit>,
-    reply: oneshot::Sender<Vec<Result<Committed, WriteError>>>,
+    reply: oneshot::Sender<JobAnswer>,
     /// Kept until the job is committed (or failed), even if its caller is gone by then.
     _holds: Vec<Hold>,
+}
+
+/// The answer to a job: per decision its result, and the decisions themselves, handed back so
+/// that the caller's thread frees what it allocated. (Freed on the writer's thread, every
+/// message's strings and envelope would go back to another thread's heap arena, under that
+/// arena's lock, contending with the threads that are allocating there.)
+struct JobAnswer {
+    results: Vec<Result<Committed, WriteError>>,
+    spent: Vec<Unit>,
 }
 
 /// One decision: its audit records (consecutive entries) and the changes that commit in the
@@ -831,7 +840,9 @@ impl WritePath {
             })
             .await
             .map_err(|_| WriteError::Stopped)?;
-        answer.await.map_err(|_| WriteError::Stopped)
+        let JobAnswer { results, spent } = answer.await.map_err(|_| WriteError::Stopped)?;
+        drop(spent);
+        Ok(results)
     }
 }
 
@@ -1223,7 +1234,10 @@ impl WriterState {
                     })
                 })
                 .collect();
-            let _ = job.reply.send(answers);
+            let _ = job.reply.send(JobAnswer {
+                results: answers,
+                spent: job.decisions,
+            });
         }
     }
 

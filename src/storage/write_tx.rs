@@ -9,6 +9,12 @@
 //!
 //! Every `WriteTx` method has one arm per engine. The SQLite arms run no `.await`, so the
 //! writer's thread is never handed to anything else in the middle of a commit.
+//!
+//! SQLite's WAL is copied back into the database file (checkpointed) by a thread of its own,
+//! `brobygger-checkpointer`, at most a few times a second, instead of by whichever commit
+//! crosses SQLite's threshold: a commit then never waits for a checkpoint, and a page that
+//! many commits rewrote (the right edge of every table and index) is copied once per
+//! checkpoint, not once per thousand frames.
 
 use super::StorageError;
 use sqlx::postgres::PgPool;
@@ -29,6 +35,13 @@ const WRITER_STATEMENTS: usize = 64;
 /// node's pool can hold for a moment.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often, at most, the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The WAL's size, in bytes, above which it is truncated once it has been checkpointed (it is
+/// otherwise reused from its start, whatever its size).
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
 /// What the audit writer commits through.
 pub enum WriterDb {
     Sqlite(SqliteWriter),
@@ -40,6 +53,8 @@ pub enum WriterDb {
 pub struct SqliteWriter {
     path: PathBuf,
     connection: Option<rusqlite::Connection>,
+    /// Wakes the checkpointer after a commit; the checkpointer ends when this is dropped.
+    checkpointer: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl SqliteWriter {
@@ -47,16 +62,68 @@ impl SqliteWriter {
         Self {
             path: path.to_path_buf(),
             connection: None,
+            checkpointer: None,
         }
     }
 
     fn connection(&mut self) -> Result<&mut rusqlite::Connection, StorageError> {
         let connection = match self.connection.take() {
             Some(connection) => connection,
-            None => open_writer(&self.path)?,
+            None => {
+                let connection = open_writer(&self.path)?;
+                if self.checkpointer.is_none() {
+                    self.checkpointer = Some(start_checkpointer(&self.path)?);
+                }
+                connection
+            }
         };
         Ok(self.connection.insert(connection))
     }
+
+    fn begin(&mut self) -> Result<SqliteTx<'_>, StorageError> {
+        self.connection()?.execute_batch("BEGIN IMMEDIATE")?;
+        let SqliteWriter {
+            connection,
+            checkpointer,
+            ..
+        } = self;
+        let connection = connection
+            .as_mut()
+            .ok_or_else(|| StorageError::Invariant("the writer's connection is gone".into()))?;
+        Ok(SqliteTx {
+            connection,
+            checkpointer: checkpointer.as_ref(),
+            open: true,
+        })
+    }
+}
+
+/// Starts the thread that checkpoints the WAL after commits, at most every
+/// [`CHECKPOINT_INTERVAL`], on a connection of its own. A PASSIVE checkpoint never waits for
+/// the writer or a reader: it copies what it can, and the rest goes at the next one.
+fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, StorageError> {
+    let connection = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StorageError::Connect(format!("{}: {e}", path.display())))?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("brobygger-checkpointer".into())
+        .spawn(move || {
+            // Ends when the writer's handle is dropped.
+            while woken.recv().is_ok() {
+                std::thread::sleep(CHECKPOINT_INTERVAL);
+                while woken.try_recv().is_ok() {}
+                if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %e, "checkpointing the WAL failed; trying again after the next commit");
+                }
+            }
+        })
+        .map_err(|e| StorageError::Connect(format!("cannot start the WAL checkpointer: {e}")))?;
+    Ok(wake)
 }
 
 /// Opens the writer's connection with the node's durability settings. The file exists: the
@@ -74,6 +141,9 @@ fn open_writer(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     opened.pragma_update(None, "synchronous", "FULL")?;
     opened.pragma_update(None, "foreign_keys", "ON")?;
     opened.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+    // The checkpointer thread copies the WAL back, not the commits (see the module comment).
+    opened.pragma_update(None, "wal_autocheckpoint", 0)?;
+    opened.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     opened.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
     let journal: String = opened.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
     let synchronous: i64 = opened.query_row("PRAGMA synchronous", [], |row| row.get(0))?;
@@ -91,14 +161,7 @@ impl WriterDb {
     /// (`BEGIN IMMEDIATE`); PostgreSQL takes the audit advisory lock for the transaction.
     pub async fn begin_write(&mut self) -> Result<WriteTx<'_>, StorageError> {
         match self {
-            WriterDb::Sqlite(writer) => {
-                let connection = writer.connection()?;
-                connection.execute_batch("BEGIN IMMEDIATE")?;
-                Ok(WriteTx::Sqlite(SqliteTx {
-                    connection,
-                    open: true,
-                }))
-            }
+            WriterDb::Sqlite(writer) => Ok(WriteTx::Sqlite(writer.begin()?)),
             WriterDb::Postgres(pool) => {
                 // READ COMMITTED explicitly: each statement then sees what committed before it,
                 // so the tree re-read after the lock is current whatever the server default.
@@ -144,6 +207,8 @@ pub enum WriteTx<'a> {
 /// its commit.
 pub struct SqliteTx<'a> {
     connection: &'a mut rusqlite::Connection,
+    /// Woken after the commit: the WAL grew.
+    checkpointer: Option<&'a std::sync::mpsc::SyncSender<()>>,
     open: bool,
 }
 
@@ -194,6 +259,10 @@ impl WriteTx<'_> {
             WriteTx::Sqlite(mut tx) => {
                 tx.connection.execute_batch("COMMIT")?;
                 tx.open = false;
+                if let Some(wake) = tx.checkpointer {
+                    // A wake-up already waiting covers this commit too.
+                    let _ = wake.try_send(());
+                }
             }
             WriteTx::Postgres(tx) => tx.commit().await?,
         }

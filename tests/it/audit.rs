@@ -155,6 +155,37 @@ async fn audit_group_commit_on_postgres_answers_every_waiter_with_a_provable_rec
     group_commit(Engine::Postgres).await;
 }
 
+/// On SQLite the writer commits through its own connection at `synchronous=FULL` and leaves
+/// the WAL to the checkpointer thread: the database file itself grows while the node runs,
+/// though no commit checkpoints (`wal_autocheckpoint=0` on the writer) and nobody else writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_commits_are_full_and_the_checkpointer_copies_the_wal_back() {
+    let (db, config, _pg, dir) = open(Engine::Sqlite).await;
+    let DatabaseUrl::Sqlite(file) = &config.url else {
+        unreachable!("an SQLite test database")
+    };
+    let size = || std::fs::metadata(file).unwrap().len();
+    let before = size();
+    let writer = Writer::spawn(db.clone(), signer(), 1, dir.path().join("published"), None);
+    for chunk in 0..20 {
+        let records = (0..100).map(|n| record(chunk * 100 + n)).collect();
+        writer.path.append_many(records).await.unwrap();
+    }
+    assert_eq!(
+        writer.path.stats().sqlite_synchronous(),
+        Some(2),
+        "the writer's own connection must commit at synchronous=FULL"
+    );
+    support::wait_until(
+        "the checkpointer to copy the WAL into the database file",
+        Duration::from_secs(10),
+        || async { size() > before + 200 * 1024 },
+    )
+    .await;
+    assert_eq!(storage::audit_entries(&db).await.unwrap().len(), 2_000);
+    writer.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_postgres_append_concurrently_into_one_log() {
     let (db_a, config, _pg, dir) = open(Engine::Postgres).await;
