@@ -101,6 +101,14 @@ fn header(document: &Value) -> Header {
     }
 }
 
+/// A value's JSON serialization, in a buffer sized for an ordinary message at once (growing it
+/// from serde_json's default would copy it three times).
+fn json_bytes(value: &Value) -> Result<Vec<u8>, Problem> {
+    let mut bytes = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut bytes, value).map_err(|e| Problem::internal(&e))?;
+    Ok(bytes)
+}
+
 /// SHA-256 (hex) of the exact bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
@@ -761,7 +769,7 @@ async fn admit_outbound_unguarded(
     if state.manifest.snapshot().is_expired(now) {
         return Err(Problem::manifest_expired());
     }
-    let item_sha256 = sha256_hex(&serde_json::to_vec(&item).map_err(|e| Problem::internal(&e))?);
+    let item_sha256 = sha256_hex(&json_bytes(&item)?);
     record.decision = Some(AuditDecision::Deny);
     let client_id = client_message_id(&item);
     let refuse = |mut record: AuditRecord, problem: Problem, remember: Option<&MessageId>| {
@@ -873,7 +881,7 @@ async fn admit_outbound_unguarded(
     put("sent_at", Value::String(sent_at(now)));
     put("body", submission.body);
     let document = Value::Object(document);
-    let bytes = serde_json::to_vec(&document).map_err(|e| Problem::internal(&e))?;
+    let bytes = json_bytes(&document)?;
     let envelope = match boundary::check_serialized(document, bytes.len(), &state.schemas)
         .and_then(Envelope::from_wire)
     {

@@ -144,12 +144,13 @@ async fn submit_all(
     actor: &Actor,
     items: Vec<Value>,
 ) -> Result<Vec<(SubmittedV1, Option<AuditReceipt>)>, Problem> {
-    let audit_actor = actor.audit_actor(state);
-    let record = || {
+    // One record made, then copied per message: its time and actor are the request's.
+    let template = {
         let mut record = audited::record(state, "local.message.submit", AuditDecision::Deny, None);
-        record.actor = Some(audit_actor.clone());
+        record.actor = Some(actor.audit_actor(state));
         record
     };
+    let record = || template.clone();
     let client_ids: Vec<Option<String>> = items
         .iter()
         .map(|item| {
