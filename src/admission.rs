@@ -111,7 +111,7 @@ fn json_bytes(value: &Value) -> Result<Vec<u8>, Problem> {
 
 /// SHA-256 (hex) of the exact bytes.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+    crate::audit::entry::lower_hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 /// An envelope in domain types, converted once from the checked wire form.

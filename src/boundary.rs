@@ -38,30 +38,48 @@ impl Refusal {
     }
 }
 
-/// Escapes one JSON pointer reference token (RFC 6901).
-fn token(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
+/// Appends one JSON pointer reference token (RFC 6901), escaped.
+fn push_token(pointer: &mut String, key: &str) {
+    for c in key.chars() {
+        match c {
+            '~' => pointer.push_str("~0"),
+            '/' => pointer.push_str("~1"),
+            c => pointer.push(c),
+        }
+    }
 }
 
-/// The pointer of the first string (key or value) in `value` that holds a CPR number.
-fn find_cpr(value: &Value, pointer: &str) -> Option<String> {
+/// Whether a string (key or value) in `value` holds a CPR number. `pointer` is the path of
+/// `value`; on `true` it is left pointing at the first such string. The path is one buffer,
+/// grown and cut back on the way, so a clean document allocates nothing.
+fn find_cpr(value: &Value, pointer: &mut String) -> bool {
+    use std::fmt::Write as _;
+    let at = pointer.len();
     match value {
-        Value::String(text) => cpr::contains_cpr(text).then(|| pointer.to_owned()),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, item)| find_cpr(item, &format!("{pointer}/{i}"))),
-        Value::Object(map) => map.iter().find_map(|(key, item)| {
-            let here = format!("{pointer}/{}", token(key));
-            if cpr::contains_cpr(key) {
-                return Some(here);
+        Value::String(text) => cpr::contains_cpr(text),
+        Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+            let _ = write!(pointer, "/{i}");
+            find_cpr(item, pointer) || {
+                pointer.truncate(at);
+                false
             }
-            if pointer == "/body" && ID_FIELDS.contains(&key.as_str()) {
-                return None;
-            }
-            find_cpr(item, &here)
         }),
-        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+        Value::Object(map) => {
+            let in_body = pointer == "/body";
+            map.iter().any(|(key, item)| {
+                pointer.push('/');
+                push_token(pointer, key);
+                if cpr::contains_cpr(key) {
+                    return true;
+                }
+                let skipped = in_body && ID_FIELDS.contains(&key.as_str());
+                !skipped && find_cpr(item, pointer) || {
+                    pointer.truncate(at);
+                    false
+                }
+            })
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -115,9 +133,10 @@ pub fn parse_document(bytes: &[u8]) -> Result<Value, Refusal> {
 
 /// The CPR guard, the schema and the conversion to wire types, on a parsed document.
 pub fn check_parsed(document: Value, schemas: &Schemas) -> Result<EnvelopeV1, Refusal> {
-    if let Some(pointer) = document
+    let mut pointer = String::from("/body");
+    if document
         .get("body")
-        .and_then(|body| find_cpr(body, "/body"))
+        .is_some_and(|body| find_cpr(body, &mut pointer))
     {
         return Err(Refusal::new(
             "cpr-detected",
@@ -142,4 +161,39 @@ pub fn check_parsed(document: Value, schemas: &Schemas) -> Result<EnvelopeV1, Re
             "the document does not fit the v1 wire types",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_cpr;
+    use serde_json::json;
+
+    fn pointer_of_cpr(body: serde_json::Value) -> Option<String> {
+        let mut pointer = String::from("/body");
+        find_cpr(&body, &mut pointer).then_some(pointer)
+    }
+
+    /// The pointer names the first CPR-shaped string, through arrays and escaped keys; a clean
+    /// sibling before it leaves no trace, and identifiers directly in the body are not scanned.
+    #[test]
+    fn the_cpr_guard_points_at_the_first_cpr_shaped_string() {
+        assert_eq!(
+            pointer_of_cpr(json!({"a": ["clean", {"b/c~": "010190-1234"}], "z": "clean"})),
+            Some("/body/a/1/b~1c~0".into())
+        );
+        assert_eq!(
+            pointer_of_cpr(json!({"a": {"x": "clean"}, "b": ["0101901234"]})),
+            Some("/body/b/0".into())
+        );
+        assert_eq!(
+            pointer_of_cpr(json!({"010190-1234": "clean"})),
+            Some("/body/010190-1234".into())
+        );
+        assert_eq!(pointer_of_cpr(json!({"in_reply_to": "010190-1234"})), None);
+        assert_eq!(
+            pointer_of_cpr(json!({"k": {"in_reply_to": "010190-1234"}})),
+            Some("/body/k/in_reply_to".into())
+        );
+        assert_eq!(pointer_of_cpr(json!({"a": ["clean", 7, null]})), None);
+    }
 }

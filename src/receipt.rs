@@ -44,7 +44,7 @@ pub fn build(
         message_id: message_id.to_owned(),
         leaf_index,
         entry: STANDARD.encode(entry),
-        inclusion_proof: proof.iter().map(hex::encode).collect(),
+        inclusion_proof: proof.iter().map(|hash| entry::lower_hex(hash)).collect(),
         checkpoint: checkpoint.to_owned(),
         ack,
     }
@@ -134,7 +134,7 @@ fn verify_with(
             receipt: receipt.leaf_index,
         });
     }
-    let sent_hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, sent));
+    let sent_hash = entry::lower_hex(ring::digest::digest(&ring::digest::SHA256, sent).as_ref());
     if decoded.record.decision != Some(Decision::Permit)
         || decoded.record.envelope_sha256.as_deref() != Some(sent_hash.as_str())
     {

@@ -300,7 +300,21 @@ impl HmacKey {
         ctx.update(kind.as_bytes());
         ctx.update(&[0]);
         ctx.update(value.as_bytes());
-        hex::encode(ctx.sign().as_ref())
+        lower_hex(ctx.sign().as_ref())
+    }
+}
+
+/// Lowercase hex of `bytes`, written through `hex`'s table into one buffer (`hex::encode` goes
+/// character by character, and every admitted message has several hashes to write).
+pub fn lower_hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    match hex::encode_to_slice(bytes, &mut out)
+        .ok()
+        .and_then(|()| String::from_utf8(out).ok())
+    {
+        Some(text) => text,
+        // Unreachable: the buffer has exactly the length needed and hex digits are ASCII.
+        None => hex::encode(bytes),
     }
 }
 

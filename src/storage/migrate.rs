@@ -55,6 +55,12 @@ const SQLITE: &[Migration] = &[
         name: "compact_receipts",
         sql: include_str!("../../migrations/sqlite/0009_compact_receipts.sql"),
     },
+    // SQLite only: PostgreSQL plans a constant `IN` list without a temporary table.
+    Migration {
+        version: 10,
+        name: "outbox_status_check",
+        sql: include_str!("../../migrations/sqlite/0010_outbox_status_check.sql"),
+    },
 ];
 
 const POSTGRES: &[Migration] = &[

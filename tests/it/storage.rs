@@ -237,3 +237,95 @@ async fn claims_follow_each_peers_queue_and_keep_data_behind_its_notice_on_postg
     claims_follow_each_peers_queue_and_keep_data_behind_its_notice(&db).await;
     db.close().await;
 }
+
+/// Migration 10 rebuilds SQLite's outbox (its status check without an `IN` list): a database
+/// migrated to 9 with queued and delivered rows keeps every row, its indexes and its check.
+#[tokio::test]
+async fn the_outbox_rebuild_keeps_every_row_its_indexes_and_its_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.db");
+    {
+        let before = rusqlite::Connection::open(&file).unwrap();
+        before
+            .execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, \
+                 checksum TEXT NOT NULL, applied_at TEXT NOT NULL)",
+            )
+            .unwrap();
+        let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        let mut files: Vec<_> = std::fs::read_dir(&migrations)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        for (version, path) in (1..=9).zip(&files) {
+            let sql = std::fs::read_to_string(path).unwrap();
+            before.execute_batch(&sql).unwrap();
+            let checksum = hex::encode(ring::digest::digest(&ring::digest::SHA256, sql.as_bytes()));
+            before
+                .execute(
+                    "INSERT INTO schema_migrations VALUES (?1, 'before', ?2, 'then')",
+                    (version, checksum),
+                )
+                .unwrap();
+        }
+        for (id, status) in [("a", "queued"), ("b", "delivered"), ("c", "cancelled")] {
+            before
+                .execute(
+                    "INSERT INTO outbox (message_id, recipient, message_type, consent_id, \
+                     priority, audit_idx, envelope, status, next_attempt_at, created_at, \
+                     updated_at) VALUES (?1, 'red-barnet', 'activity-summary', 'k', 1, 7, \
+                     x'7b7d', ?2, 't', 't', 't')",
+                    (id, status),
+                )
+                .unwrap();
+        }
+    }
+    let db = Database::open(&config(DatabaseUrl::Sqlite(file.clone())))
+        .await
+        .unwrap();
+    db.close().await;
+    let after = rusqlite::Connection::open(&file).unwrap();
+    let rows: Vec<(String, String, Vec<u8>)> = after
+        .prepare("SELECT message_id, status, envelope FROM outbox ORDER BY message_id")
+        .unwrap()
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("a".into(), "queued".into(), b"{}".to_vec()),
+            ("b".into(), "delivered".into(), b"{}".to_vec()),
+            ("c".into(), "cancelled".into(), b"{}".to_vec()),
+        ]
+    );
+    let indexes: Vec<String> = after
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outbox' ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        indexes,
+        [
+            "outbox_by_consent",
+            "outbox_due_by_peer",
+            "outbox_queued_notices",
+            "sqlite_autoindex_outbox_1"
+        ]
+    );
+    let bad = after.execute(
+        "UPDATE outbox SET status = 'lost' WHERE message_id = 'a'",
+        [],
+    );
+    assert!(bad.is_err(), "the status check must still hold");
+    let version: i64 = after
+        .query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(version, 10);
+}
