@@ -162,14 +162,6 @@ impl Envelope {
     }
 }
 
-/// The names of the body's fields that are present, for the purpose's field rule.
-fn body_fields(body: &BodyV1) -> Vec<String> {
-    match serde_json::to_value(body) {
-        Ok(Value::Object(map)) => map.keys().cloned().collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// The audit record of an envelope decision, with what is known so far.
 fn envelope_record(
     state: &NodeState,
@@ -548,8 +540,7 @@ async fn admit_inbound_unguarded(
             Ok(refuse.refuse(problem, message_id, Some(&envelope)))
         }
         BodyV1::ActivitySummary(_) | BodyV1::Referral(_) | BodyV1::ReferralResponse(_) => {
-            let fields = body_fields(&envelope.body);
-            let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+            let fields = envelope.body.data_field_names().unwrap_or_default();
             let decision = policy::decide(
                 &Exchange {
                     message_type: envelope.message_type,
@@ -694,6 +685,51 @@ pub struct SubmissionV1 {
     pub body: Value,
 }
 
+/// The fields of a submission but its body, for [`read_submission`]'s common case.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmissionHead {
+    #[serde(default)]
+    message_id: Option<String>,
+    #[serde(rename = "type")]
+    message_type: String,
+    recipient: String,
+    purpose: PurposeRefV1,
+    consent_id: String,
+}
+
+/// Reads a submitted item. The common case moves the body out whole and reads the few other
+/// fields: `serde_path_to_error`, which finds where a mistake is, would rebuild the body value
+/// as it reads it. Any mistake is read again that way, so a refusal names the same pointer.
+fn read_submission(
+    mut item: Value,
+) -> Result<SubmissionV1, serde_path_to_error::Error<serde_json::Error>> {
+    use serde::Deserialize as _;
+    if let Some(body) = item
+        .as_object_mut()
+        .and_then(|fields| fields.remove("body"))
+    {
+        match SubmissionHead::deserialize(&item) {
+            Ok(head) => {
+                return Ok(SubmissionV1 {
+                    message_id: head.message_id,
+                    message_type: head.message_type,
+                    recipient: head.recipient,
+                    purpose: head.purpose,
+                    consent_id: head.consent_id,
+                    body,
+                });
+            }
+            Err(_) => {
+                if let Some(fields) = item.as_object_mut() {
+                    fields.insert("body".to_owned(), body);
+                }
+            }
+        }
+    }
+    serde_path_to_error::deserialize(item)
+}
+
 /// The sending time as envelopes carry it: UTC, whole seconds.
 pub fn sent_at(now: time::OffsetDateTime) -> String {
     crate::manifest::format_time(
@@ -810,7 +846,7 @@ async fn admit_outbound_unguarded(
             None => {}
         }
     }
-    let submission: SubmissionV1 = match serde_path_to_error::deserialize(item) {
+    let submission: SubmissionV1 = match read_submission(item) {
         Ok(submission) => submission,
         Err(e) => {
             let pointer = format!("/{}", e.path().to_string().replace('.', "/"));
@@ -906,8 +942,7 @@ async fn admit_outbound_unguarded(
     let Some(own_kind) = kind_of(state, &me) else {
         return Err(Problem::internal(&"this node is not in its own manifest"));
     };
-    let fields = body_fields(&envelope.body);
-    let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+    let fields = envelope.body.data_field_names().unwrap_or_default();
     // Borrowed from this request's snapshot of the manifest, not copied.
     let manifest = state.manifest.snapshot();
     let catalogue = &manifest.catalogue;
@@ -1030,5 +1065,77 @@ impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.owner.lock().remove(&self.key);
         self.owner.released.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SubmissionV1, read_submission};
+    use serde_json::{Value, json};
+
+    fn slow(item: &Value) -> Result<SubmissionV1, String> {
+        serde_path_to_error::deserialize::<_, SubmissionV1>(item.clone())
+            .map_err(|e| e.path().to_string())
+    }
+
+    /// The quick read gives what the careful read gives: the same submission, or a mistake at
+    /// the same place.
+    #[test]
+    fn reading_a_submission_the_quick_way_changes_nothing() {
+        let good = json!({
+            "message_id": "0192f0a4-7b1c-7def-8a00-00000000a001",
+            "type": "activity-summary",
+            "recipient": "herning-kommune",
+            "purpose": {"id": "smaaboernsklub-fremmoede", "version": 1},
+            "consent_id": "0192f0a4-7b1c-7def-8a00-0000000c0001",
+            "body": {"month": "2026-10", "nested": {"a": [1, 2]}}
+        });
+        let mut variants = vec![good.clone()];
+        let mut without_id = good.clone();
+        without_id.as_object_mut().unwrap().remove("message_id");
+        variants.push(without_id);
+        for (field, value) in [
+            ("notes", json!("free text")),
+            ("type", json!(7)),
+            ("purpose", json!({"id": "x"})),
+            ("body", json!(null)),
+        ] {
+            let mut changed = good.clone();
+            changed.as_object_mut().unwrap().insert(field.into(), value);
+            variants.push(changed);
+        }
+        for field in ["body", "recipient"] {
+            let mut missing = good.clone();
+            missing.as_object_mut().unwrap().remove(field);
+            variants.push(missing);
+        }
+        variants.push(json!(["not", "an", "object"]));
+        for item in variants {
+            let quick = read_submission(item.clone()).map_err(|e| e.path().to_string());
+            match (quick, slow(&item)) {
+                (Ok(quick), Ok(slow)) => {
+                    assert_eq!(
+                        (
+                            &quick.message_id,
+                            &quick.message_type,
+                            &quick.recipient,
+                            &quick.consent_id,
+                            &quick.body
+                        ),
+                        (
+                            &slow.message_id,
+                            &slow.message_type,
+                            &slow.recipient,
+                            &slow.consent_id,
+                            &slow.body
+                        ),
+                        "{item}"
+                    );
+                    assert_eq!(quick.purpose.id, slow.purpose.id);
+                }
+                (Err(quick), Err(slow)) => assert_eq!(quick, slow, "{item}"),
+                (quick, slow) => panic!("{item}: quick {:?}, careful {:?}", quick.is_ok(), slow.is_ok()),
+            }
+        }
     }
 }

@@ -86,6 +86,41 @@ pub enum BodyV1 {
 }
 
 impl BodyV1 {
+    /// The names of the fields a body about a child has (an absent optional field left out),
+    /// in name order: what the purpose's field rule checks. Written out rather than found by
+    /// serialising the body, which every such message would pay for; a test holds the two to
+    /// each other. `None` for consent notices and acknowledgements, which carry no child data.
+    pub fn data_field_names(&self) -> Option<Vec<&'static str>> {
+        let mut names = Vec::with_capacity(6);
+        match self {
+            BodyV1::ActivitySummary(_) => names.extend([
+                "enrolment_status",
+                "month",
+                "next_step",
+                "programme",
+                "sessions_attended",
+                "sessions_offered",
+            ]),
+            BodyV1::Referral(referral) => {
+                names.push("child_age_band");
+                if referral.contact_channel.is_some() {
+                    names.push("contact_channel");
+                }
+                names.extend(["programme", "referrer_role", "requested_start_month"]);
+            }
+            BodyV1::ReferralResponse(response) => {
+                names.extend(["in_reply_to", "response"]);
+                if response.start_month.is_some() {
+                    names.push("start_month");
+                }
+            }
+            BodyV1::ConsentGranted(_) | BodyV1::ConsentWithdrawn(_) | BodyV1::Ack(_) => {
+                return None;
+            }
+        }
+        Some(names)
+    }
+
     /// Parses a body as the given message type.
     pub fn parse(message_type: &str, body: serde_json::Value) -> Result<Self, serde_json::Error> {
         use serde::de::Error as _;
@@ -321,4 +356,51 @@ pub struct ReceiptV1 {
     /// For a withdrawal notice: what the receiver did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ack: Option<AckV1>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BodyV1, EnvelopeV1};
+
+    fn serialised_names(body: &BodyV1) -> Vec<String> {
+        match serde_json::to_value(body) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            other => panic!("a body serialises to an object, not {other:?}"),
+        }
+    }
+
+    /// The written-out field names are exactly the serialised body's keys, for every example
+    /// message about a child, with and without its optional fields.
+    #[test]
+    fn data_field_names_are_the_serialised_fields() {
+        let examples = [
+            include_str!("../schemas/v1/examples/activity-summary.json"),
+            include_str!("../schemas/v1/examples/referral.json"),
+            include_str!("../schemas/v1/examples/referral-response.json"),
+        ];
+        for example in examples {
+            let envelope = EnvelopeV1::from_value(serde_json::from_str(example).unwrap()).unwrap();
+            let mut bodies = vec![envelope.body.clone()];
+            match envelope.body {
+                BodyV1::Referral(mut referral) => {
+                    referral.contact_channel = None;
+                    bodies.push(BodyV1::Referral(referral));
+                }
+                BodyV1::ReferralResponse(mut response) => {
+                    response.start_month = response
+                        .start_month
+                        .map_or_else(|| Some("2026-12".into()), |_| None);
+                    bodies.push(BodyV1::ReferralResponse(response));
+                }
+                _ => {}
+            }
+            for body in bodies {
+                assert_eq!(
+                    body.data_field_names().unwrap(),
+                    serialised_names(&body),
+                    "{body:?}"
+                );
+            }
+        }
+    }
 }
