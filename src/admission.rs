@@ -1134,7 +1134,11 @@ mod tests {
                     assert_eq!(quick.purpose.id, slow.purpose.id);
                 }
                 (Err(quick), Err(slow)) => assert_eq!(quick, slow, "{item}"),
-                (quick, slow) => panic!("{item}: quick {:?}, careful {:?}", quick.is_ok(), slow.is_ok()),
+                (quick, slow) => panic!(
+                    "{item}: quick {:?}, careful {:?}",
+                    quick.is_ok(),
+                    slow.is_ok()
+                ),
             }
         }
     }
