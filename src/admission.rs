@@ -172,14 +172,20 @@ fn envelope_record(
     let mut record = audited::record(state, "federation.envelope", AuditDecision::Deny, None);
     record.peer = Some(peer.to_string());
     record.envelope_sha256 = Some(envelope_sha256.to_owned());
-    if let Some(e) = envelope {
-        record.message_id_hmac = Some(state.hmac.pseudonymise("message", e.message_id.as_str()));
-        record.message_type = Some(e.message_type.as_str().to_owned());
-        record.purpose = Some(e.purpose.to_string());
-        record.consent_hmac = Some(state.hmac.pseudonymise("consent", e.consent.as_str()));
-        record.subject_hmac = Some(state.hmac.pseudonymise("subject", &e.subject.to_string()));
+    if let Some(envelope) = envelope {
+        record_envelope(state, &mut record, envelope);
     }
     record
+}
+
+/// Fills in what the record says of the envelope: its type and purpose, and its identifiers as
+/// keyed HMACs.
+fn record_envelope(state: &NodeState, record: &mut AuditRecord, e: &Envelope) {
+    record.message_id_hmac = Some(state.hmac.pseudonymise("message", e.message_id.as_str()));
+    record.message_type = Some(e.message_type.as_str().to_owned());
+    record.purpose = Some(e.purpose.to_string());
+    record.consent_hmac = Some(state.hmac.pseudonymise("consent", e.consent.as_str()));
+    record.subject_hmac = Some(state.hmac.pseudonymise("subject", &e.subject.to_string()));
 }
 
 /// Everything a refusal needs: the record, and what to remember for a replay.
@@ -924,13 +930,8 @@ async fn admit_outbound_unguarded(
         Ok(envelope) => envelope,
         Err(refusal) => return Ok(refuse(record, refusal_problem(refusal), remember)),
     };
-    let with_ids = envelope_record(state, &recipient, &sha256_hex(&bytes), Some(&envelope));
-    record.message_id_hmac = with_ids.message_id_hmac;
-    record.message_type = with_ids.message_type;
-    record.purpose = with_ids.purpose;
-    record.consent_hmac = with_ids.consent_hmac;
-    record.subject_hmac = with_ids.subject_hmac;
-    record.envelope_sha256 = with_ids.envelope_sha256;
+    record.envelope_sha256 = Some(sha256_hex(&bytes));
+    record_envelope(state, &mut record, &envelope);
     if !envelope.message_type.carries_child_data() {
         let problem = Problem::refused(
             "type-not-allowed",
