@@ -14,11 +14,16 @@
 //! `brobygger-checkpointer`, at most a few times a second, instead of by whichever commit
 //! crosses SQLite's threshold: a commit then never waits for a checkpoint, and a page that
 //! many commits rewrote (the right edge of every table and index) is copied once per
-//! checkpoint, not once per thousand frames.
+//! checkpoint, not once per thousand frames. Only a checkpoint that copied *every* frame lets
+//! the next transaction start the WAL over from its beginning, and under load the writer has
+//! always committed more by the time the checkpointer is done; so once the WAL is long, the
+//! writer copies the last few frames itself, between two commits (see `WAL_RESTART_FRAMES`).
 
 use super::StorageError;
 use sqlx::postgres::PgPool;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The advisory lock every audit append takes on PostgreSQL ("audit" in ASCII).
@@ -42,6 +47,10 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// otherwise reused from its start, whatever its size).
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
+/// WAL frames (pages) past which the writer completes the checkpoint itself before its next
+/// transaction, so that the transaction starts the WAL over (16 MiB of 4 KiB pages).
+const WAL_RESTART_FRAMES: i64 = 4_096;
+
 /// What the audit writer commits through.
 pub enum WriterDb {
     Sqlite(SqliteWriter),
@@ -55,6 +64,9 @@ pub struct SqliteWriter {
     connection: Option<rusqlite::Connection>,
     /// Wakes the checkpointer after a commit; the checkpointer ends when this is dropped.
     checkpointer: Option<std::sync::mpsc::SyncSender<()>>,
+    /// Set by the checkpointer when the WAL is long: the writer then completes the checkpoint
+    /// before its next transaction.
+    restart_wanted: Arc<AtomicBool>,
 }
 
 impl SqliteWriter {
@@ -63,6 +75,7 @@ impl SqliteWriter {
             path: path.to_path_buf(),
             connection: None,
             checkpointer: None,
+            restart_wanted: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -72,7 +85,8 @@ impl SqliteWriter {
             None => {
                 let connection = open_writer(&self.path)?;
                 if self.checkpointer.is_none() {
-                    self.checkpointer = Some(start_checkpointer(&self.path)?);
+                    self.checkpointer =
+                        Some(start_checkpointer(&self.path, self.restart_wanted.clone())?);
                 }
                 connection
             }
@@ -81,7 +95,18 @@ impl SqliteWriter {
     }
 
     fn begin(&mut self) -> Result<SqliteTx<'_>, StorageError> {
-        self.connection()?.execute_batch("BEGIN IMMEDIATE")?;
+        let restart = self.restart_wanted.swap(false, Ordering::Relaxed);
+        let connection = self.connection()?;
+        if restart {
+            // Nothing is committed between this checkpoint and the transaction below, so the
+            // checkpoint copies every frame (the checkpointer copied most of them already),
+            // and the transaction starts the WAL over (unless a reader still reads an older
+            // snapshot from it; then the checkpointer asks again).
+            if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "completing the WAL checkpoint failed");
+            }
+        }
+        connection.execute_batch("BEGIN IMMEDIATE")?;
         let SqliteWriter {
             connection,
             checkpointer,
@@ -100,8 +125,12 @@ impl SqliteWriter {
 
 /// Starts the thread that checkpoints the WAL after commits, at most every
 /// [`CHECKPOINT_INTERVAL`], on a connection of its own. A PASSIVE checkpoint never waits for
-/// the writer or a reader: it copies what it can, and the rest goes at the next one.
-fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, StorageError> {
+/// the writer or a reader: it copies what it can, and the rest goes at the next one. When the
+/// WAL holds [`WAL_RESTART_FRAMES`] or more, it sets `restart_wanted` for the writer.
+fn start_checkpointer(
+    path: &Path,
+    restart_wanted: Arc<AtomicBool>,
+) -> Result<std::sync::mpsc::SyncSender<()>, StorageError> {
     let connection = rusqlite::Connection::open_with_flags(
         path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -116,9 +145,17 @@ fn start_checkpointer(path: &Path) -> Result<std::sync::mpsc::SyncSender<()>, St
             while woken.recv().is_ok() {
                 std::thread::sleep(CHECKPOINT_INTERVAL);
                 while woken.try_recv().is_ok() {}
-                if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                {
-                    tracing::warn!(error = %e, "checkpointing the WAL failed; trying again after the next commit");
+                // (busy, frames in the WAL, frames copied back)
+                match connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    row.get::<_, i64>(1)
+                }) {
+                    Ok(frames) if frames >= WAL_RESTART_FRAMES => {
+                        restart_wanted.store(true, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "checkpointing the WAL failed; trying again after the next commit");
+                    }
                 }
             }
         })
