@@ -295,29 +295,61 @@ pub async fn admit_inbound_batch(
                 .and_then(|document| header(document).message_id)
         })
         .collect();
-    let mut guards = state
-        .in_flight
-        .enter_all(&peer.org, ids.iter().flatten())
-        .await;
-    let known: Vec<&MessageId> = ids.iter().flatten().collect();
-    let seen = match state.lookups.seen_messages(&peer.org, &known).await {
-        Ok(seen) => seen,
-        Err(e) => {
-            let problem = Problem::unavailable(&e);
-            return items.iter().map(|_| Err(problem.clone())).collect();
-        }
+    let mut claimed = match Claimed::enter(state, &peer.org, &ids).await {
+        Ok(claimed) => claimed,
+        Err(problem) => return items.iter().map(|_| Err(problem.clone())).collect(),
     };
     let mut admissions = Vec::with_capacity(items.len());
     for ((bytes, document), id) in items.iter().zip(documents).zip(ids) {
-        let first_answer = id.as_ref().and_then(|id| seen.get(id)).cloned();
-        let mut admission =
-            admit_inbound_unguarded(state, peer, bytes, document, first_answer).await;
-        if let (Ok(Admission::Decided(decided)), Some(id)) = (&mut admission, &id) {
-            decided.in_flight = guards.remove(id);
-        }
-        admissions.push(admission);
+        let first_answer = claimed.first_answer(id.as_ref());
+        let admission = admit_inbound_unguarded(state, peer, bytes, document, first_answer).await;
+        admissions.push(claimed.attach(admission, id.as_ref()));
     }
     admissions
+}
+
+/// The message ids of a batch claimed (`InFlight::enter_all`), with their rows of the replay
+/// table read after the claim.
+struct Claimed {
+    guards: std::collections::HashMap<MessageId, InFlightGuard>,
+    seen: std::collections::HashMap<MessageId, SeenMessage>,
+}
+
+impl Claimed {
+    async fn enter(
+        state: &NodeState,
+        sender: &OrgId,
+        ids: &[Option<MessageId>],
+    ) -> Result<Self, Problem> {
+        let guards = state
+            .in_flight
+            .enter_all(sender, ids.iter().flatten())
+            .await;
+        let known: Vec<&MessageId> = ids.iter().flatten().collect();
+        let seen = state
+            .lookups
+            .seen_messages(sender, &known)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?;
+        Ok(Self { guards, seen })
+    }
+
+    /// The first answer to `id`, if it was seen.
+    fn first_answer(&self, id: Option<&MessageId>) -> Option<SeenMessage> {
+        id.and_then(|id| self.seen.get(id)).cloned()
+    }
+
+    /// Hands the claim on `id` to a fresh decision, which keeps it until its commit.
+    fn attach(
+        &mut self,
+        mut admission: Result<Admission, Problem>,
+        id: Option<&MessageId>,
+    ) -> Result<Admission, Problem> {
+        if let (Ok(Admission::Decided(decided)), Some(id)) = (&mut admission, id) {
+            decided.in_flight = self.guards.remove(id);
+        }
+        admission
+    }
 }
 
 /// DESIGN §5 for one envelope whose message id this caller holds (if it has one), with the
@@ -776,23 +808,15 @@ pub async fn admit_outbound(
         .iter()
         .map(|(_, item)| client_message_id(item))
         .collect();
-    let mut guards = state.in_flight.enter_all(me, ids.iter().flatten()).await;
-    let known: Vec<&MessageId> = ids.iter().flatten().collect();
-    let seen = match state.lookups.seen_messages(me, &known).await {
-        Ok(seen) => seen,
-        Err(e) => {
-            let problem = Problem::unavailable(&e);
-            return items.iter().map(|_| Err(problem.clone())).collect();
-        }
+    let mut claimed = match Claimed::enter(state, me, &ids).await {
+        Ok(claimed) => claimed,
+        Err(problem) => return items.iter().map(|_| Err(problem.clone())).collect(),
     };
     let mut admissions = Vec::with_capacity(items.len());
     for ((record, item), id) in items.into_iter().zip(ids) {
-        let first_answer = id.as_ref().and_then(|id| seen.get(id)).cloned();
-        let mut admission = admit_outbound_unguarded(state, record, item, first_answer).await;
-        if let (Ok(Admission::Decided(decided)), Some(id)) = (&mut admission, &id) {
-            decided.in_flight = guards.remove(id);
-        }
-        admissions.push(admission);
+        let first_answer = claimed.first_answer(id.as_ref());
+        let admission = admit_outbound_unguarded(state, record, item, first_answer).await;
+        admissions.push(claimed.attach(admission, id.as_ref()));
     }
     admissions
 }

@@ -1,10 +1,12 @@
 //! The one durable write path: a group-commit writer that owns every audit append.
 //!
-//! Callers hand the writer records and wait. One task takes whatever has queued while the
-//! previous commit was in flight (no timer), encodes the entries at their leaf indexes, writes
-//! them with multi-row statements in one transaction, signs one checkpoint over the new tree,
-//! commits (one fsync), and answers every waiter with its leaf index and that checkpoint. If
-//! anything fails, every waiter of the batch gets an error and nothing is answered as done.
+//! Callers hand the writer jobs (one decision, or all the decisions of a request) and wait. The
+//! writer (a thread of its own on SQLite, a task on PostgreSQL) takes whatever has queued while
+//! the previous commit was in flight (no timer), encodes the entries at their leaf indexes,
+//! writes them in one transaction (on PostgreSQL many rows per statement, on SQLite one
+//! prepared statement stepped per row), signs one checkpoint over the new tree, commits (one
+//! fsync), and answers every waiter with its leaf index and that checkpoint. If the commit
+//! fails, every waiter of the batch gets an error and nothing is answered as done.
 //! The latest checkpoint is committed with its entries; earlier ones are kept about once a
 //! second as history, and always when the commit admitted a message from a peer: its receipt is
 //! kept as parts (the inclusion proof) and rebuilt with that checkpoint on a replay.
@@ -476,8 +478,8 @@ impl StateChange {
                 *answer = Some(ReceiptAnswer::Json(json));
                 Ok(stored.iter().sum())
             }
-            // `PendingRows::take` takes these (and a receipt without an acknowledgement) into
-            // multi-row statements; they never come here.
+            // `PendingRows::take` takes these (and a receipt without an acknowledgement) to be
+            // written together per table; they never come here.
             Change::RememberAnswer { .. } | Change::StoreInbound(_) | Change::Enqueue(_) => Err(
                 StorageError::Invariant("a common insert outside the pending rows".into()),
             ),
@@ -563,7 +565,7 @@ struct PendingAnswer<'a> {
     audit_idx: u64,
 }
 
-/// The common inserts of a group commit, gathered to be written many rows per statement.
+/// The common inserts of a group commit, gathered to be written together per table.
 #[derive(Default)]
 struct PendingRows<'a> {
     /// Whether a receipt was stored as its parts in this commit.
@@ -634,8 +636,8 @@ impl<'a> PendingRows<'a> {
         Ok(true)
     }
 
-    /// Writes the pending rows, one statement per table (per thousand rows), and puts each
-    /// row's count in its slot.
+    /// Writes the pending rows, table by table (on PostgreSQL one statement per table and
+    /// thousand rows), and puts each row's count in its slot.
     async fn write(
         &mut self,
         tx: &mut WriteTx<'_>,
@@ -1084,19 +1086,9 @@ struct WriterState {
 impl WriterState {
     async fn run(mut self, mut receiver: mpsc::Receiver<Job>, mut stop: watch::Receiver<bool>) {
         // Open SQLite's connection now, so that /readyz can show its durability setting; a
-        // failure here is met again (and answered) at the first commit.
-        match self.db.sqlite_synchronous() {
-            Ok(Some(level)) => {
-                let known = u64::try_from(level).map_or(0, |level| level + 1);
-                self.stats
-                    .sqlite_synchronous
-                    .store(known, Ordering::Relaxed);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "the audit writer cannot open its database connection yet")
-            }
-        }
+        // failure here is met again (and answered) at the first commit, after which the
+        // setting is read again.
+        self.note_sqlite_synchronous();
         loop {
             let publish_in = self
                 .last_publish
@@ -1165,16 +1157,23 @@ impl WriterState {
                         .map(WriteError::Entry)
                 };
                 let slot = results.get_mut(job_no).and_then(|job| job.get_mut(unit_no));
-                match (refused, slot) {
-                    (Some(e), Some(slot)) => *slot = Some(Err(e)),
-                    (None, Some(slot)) if unit.records.is_empty() => {
-                        *slot = Some(Ok(Committed {
-                            receipts: Vec::new(),
-                            counts: Vec::new(),
-                            answer: None,
-                        }))
+                match refused {
+                    Some(e) => {
+                        if let Some(slot) = slot {
+                            *slot = Some(Err(e));
+                        }
                     }
-                    _ => accepted.push((job_no, unit_no, unit)),
+                    // Nothing to record and nothing to change: answered at once.
+                    None if unit.records.is_empty() => {
+                        if let Some(slot) = slot {
+                            *slot = Some(Ok(Committed {
+                                receipts: Vec::new(),
+                                counts: Vec::new(),
+                                answer: None,
+                            }));
+                        }
+                    }
+                    None => accepted.push((job_no, unit_no, unit)),
                 }
             }
         }
@@ -1320,9 +1319,9 @@ impl WriterState {
         // Each decision's changes carry the index of its first record: the entry that
         // records the decision behind them.
         // The common inserts (replay rows, inbox rows, outbox rows) wait in `pending` and go
-        // in as multi-row statements: with SQLite each statement is a hop to the driver's
-        // thread (DESIGN §11). Any other change first writes what is pending, so every change
-        // still sees the ones before it, in order.
+        // in together per table (on PostgreSQL as one `UNNEST` statement each: a statement is
+        // a round trip). Any other change first writes what is pending, so every change still
+        // sees the ones before it, in order.
         let mut counts: Vec<Vec<u64>> = Vec::with_capacity(units.len());
         let mut answers = Vec::with_capacity(units.len());
         let mut pending = PendingRows::default();
@@ -1380,6 +1379,9 @@ impl WriterState {
                 cache.forget(changed);
             }
         }
+        if self.db.is_synchronous() && self.stats.sqlite_synchronous().is_none() {
+            self.note_sqlite_synchronous();
+        }
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.stats
             .records
@@ -1395,6 +1397,22 @@ impl WriterState {
             counts,
             answers,
         ))
+    }
+
+    /// Reads the SQLite writer connection's `synchronous` setting into the stats, for /readyz.
+    fn note_sqlite_synchronous(&mut self) {
+        match self.db.sqlite_synchronous() {
+            Ok(Some(level)) => {
+                let known = u64::try_from(level).map_or(0, |level| level + 1);
+                self.stats
+                    .sqlite_synchronous
+                    .store(known, Ordering::Relaxed);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the audit writer cannot open its database connection yet");
+            }
+        }
     }
 
     /// Writes the newest checkpoint to the state file, at most once per interval unless forced.

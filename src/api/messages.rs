@@ -138,7 +138,9 @@ fn replayed(seen: SeenMessage, message_id: &MessageId) -> SubmittedV1 {
 /// batch costs one hand-off and one commit wait, not one per message. A message id used twice
 /// in one submission is refused the second time (`message-id-conflict`): both cannot be
 /// queued. If any message cannot be decided now (`unavailable`, an expired manifest), the
-/// whole submission is refused and nothing of it is recorded.
+/// whole submission is refused and nothing of it is recorded; if the commit fails, nothing is
+/// either. A message the writer refuses on its own (its audit record could not be encoded) is
+/// answered `unavailable` alone, and the others are queued.
 async fn submit_all(
     state: &NodeState,
     actor: &Actor,
@@ -223,6 +225,12 @@ async fn submit_all(
             .await
             .map_err(|e| Problem::unavailable(&e))?
     };
+    // A commit that failed failed every decision in it: nothing of the submission is recorded.
+    if let Some(Err(e)) = committed.first()
+        && committed.iter().all(Result::is_err)
+    {
+        return Err(Problem::unavailable(e));
+    }
     let mut committed: Vec<Option<_>> = committed.into_iter().map(Some).collect();
     let mut outcomes: Vec<Option<Outcome>> = outcomes.into_iter().map(Some).collect();
     let mut queued = false;
@@ -241,7 +249,28 @@ async fn submit_all(
         ) else {
             return Err(Problem::internal(&"a decision without its commit"));
         };
-        let receipt = done.map_err(|e| Problem::unavailable(&e))?.receipt;
+        let receipt = match done {
+            Ok(decision) => decision.receipt,
+            Err(e) => {
+                // This message alone was not recorded; a retry with its id decides it again.
+                let problem = Problem::unavailable(&e);
+                let message_id = match outcome {
+                    Outcome::Admitted { message_id, .. } => Some(message_id.to_string()),
+                    Outcome::Refused(_) => client_id,
+                };
+                results.push((
+                    SubmittedV1 {
+                        status: problem.status,
+                        message_id,
+                        state: None,
+                        audit_leaf_index: None,
+                        problem: serde_json::to_value(&problem).ok(),
+                    },
+                    None,
+                ));
+                continue;
+            }
+        };
         let result = match outcome {
             Outcome::Refused(problem) => SubmittedV1 {
                 status: problem.status,

@@ -3,7 +3,9 @@
 //! On SQLite the replay table is read synchronously, on the caller's thread, through a few
 //! connections of this module's own ([`SqliteReaders`]): a point lookup in the page cache costs
 //! a few microseconds, less than handing it to another thread and back (DESIGN §11), and WAL
-//! readers never wait for the writer. Everywhere else (PostgreSQL, and consents SQLite does not
+//! readers never wait for the writer or the checkpointer (PASSIVE). The busy timeout only
+//! matters where SQLite makes a reader wait, such as recovering the WAL after a crash; the
+//! request's thread waits then, as every other reader would. Everywhere else (PostgreSQL, and consents SQLite does not
 //! have cached) one task takes every lookup waiting, reads them together (one statement for the
 //! message ids of a sender, one read transaction for the consents) and answers each; what
 //! arrives meanwhile waits for the next round. There is no timer: a lone request is read at
@@ -15,7 +17,7 @@
 //! notes the cache's generation first). On PostgreSQL other replicas change consents too, so
 //! there is no cache. Either way the inbox insert checks the consent again inside the commit.
 
-use super::messages::{SEEN_COLUMNS, seen_from_row};
+use super::messages::{seen_columns, seen_from_row};
 use super::{Database, SeenMessage, StorageError, StoredConsent, consents, seen_messages};
 use crate::domain::{ConsentId, MessageId, OrgId};
 use std::collections::HashMap;
@@ -151,13 +153,7 @@ impl SqliteReaders {
 }
 
 fn open_reader(path: &Path) -> Result<rusqlite::Connection, StorageError> {
-    use rusqlite::OpenFlags;
-    let connection = rusqlite::Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| StorageError::Connect(format!("{}: {e}", path.display())))?;
-    connection.busy_timeout(std::time::Duration::from_secs(10))?;
+    let connection = super::write_tx::open_direct(path)?;
     // These connections only read; SQLite refuses any write on them.
     connection.pragma_update(None, "query_only", "ON")?;
     Ok(connection)
@@ -171,8 +167,10 @@ fn seen_directly(
 ) -> Result<HashMap<MessageId, SeenMessage>, StorageError> {
     use rusqlite::OptionalExtension as _;
     let read = || -> Result<HashMap<MessageId, SeenMessage>, StorageError> {
-        let mut select = connection.prepare_cached(&format!(
-            "SELECT {SEEN_COLUMNS} FROM seen_messages WHERE sender = ?1 AND message_id = ?2"
+        let mut select = connection.prepare_cached(concat!(
+            "SELECT ",
+            seen_columns!(),
+            " FROM seen_messages WHERE sender = ?1 AND message_id = ?2"
         ))?;
         let mut found = HashMap::new();
         for id in message_ids {
@@ -246,7 +244,7 @@ impl Lookups {
             (Some(readers), _) => readers.read(|c| seen_directly(c, sender, message_ids)),
             // One id joins the shared rounds of the lookup task; a batch reads its own.
             (None, [id]) => Ok(self
-                .seen_message(sender, id)
+                .seen_by_task(sender, id)
                 .await?
                 .map(|seen| HashMap::from([((*id).clone(), seen)]))
                 .unwrap_or_default()),
@@ -254,17 +252,13 @@ impl Lookups {
         }
     }
 
-    /// The first answer to `message_id` from `sender`, if it was seen.
-    pub async fn seen_message(
+    /// The first answer to `message_id` from `sender`, if it was seen, read in the lookup
+    /// task's next round.
+    async fn seen_by_task(
         &self,
         sender: &OrgId,
         message_id: &MessageId,
     ) -> Result<Option<SeenMessage>, StorageError> {
-        if let Some(readers) = &self.readers {
-            return readers
-                .read(|c| seen_directly(c, sender, &[message_id]))
-                .map(|mut found| found.remove(message_id));
-        }
         let (answer, reply) = oneshot::channel();
         self.ask(
             Lookup::Seen {

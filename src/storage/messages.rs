@@ -57,10 +57,11 @@ pub async fn seen_messages(
         let keys: Vec<String> = chunk.iter().map(|id| id.as_str().to_owned()).collect();
         let rows: Vec<Row> = match db {
             Database::Sqlite(pool) => {
-                let mut builder = sqlx::QueryBuilder::new(
-                    "SELECT message_id, envelope_sha256, status, problem, audit_idx, receipt, \
-                     receipt_proof, receipt_tree_size FROM seen_messages WHERE sender = ",
-                );
+                let mut builder = sqlx::QueryBuilder::new(concat!(
+                    "SELECT message_id, ",
+                    seen_columns!(),
+                    " FROM seen_messages WHERE sender = "
+                ));
                 builder.push_bind(sender.as_str().to_owned());
                 builder.push(" AND message_id IN (");
                 let mut list = builder.separated(", ");
@@ -75,11 +76,11 @@ pub async fn seen_messages(
                     .await?
             }
             Database::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT message_id, envelope_sha256, status, problem, audit_idx, receipt, \
-                     receipt_proof, receipt_tree_size FROM seen_messages \
-                     WHERE sender = $1 AND message_id = ANY($2)",
-                )
+                sqlx::query_as(concat!(
+                    "SELECT message_id, ",
+                    seen_columns!(),
+                    " FROM seen_messages WHERE sender = $1 AND message_id = ANY($2)"
+                ))
                 .bind(sender.as_str())
                 .bind(&keys)
                 .fetch_all(pool)
@@ -106,6 +107,15 @@ pub async fn seen_messages(
     Ok(found)
 }
 
+/// The columns of a [`SeenRow`], for a `SELECT` (a literal, so that it can be part of a static
+/// SQL string).
+macro_rules! seen_columns {
+    () => {
+        "envelope_sha256, status, problem, audit_idx, receipt, receipt_proof, receipt_tree_size"
+    };
+}
+pub(super) use seen_columns;
+
 /// A replay-table row as read: envelope hash, status, problem, audit index, receipt, receipt
 /// proof and tree size.
 pub(super) type SeenRow = (
@@ -117,10 +127,6 @@ pub(super) type SeenRow = (
     Option<Vec<u8>>,
     Option<i64>,
 );
-
-/// The columns of [`SeenRow`], for a `SELECT`.
-pub(super) const SEEN_COLUMNS: &str =
-    "envelope_sha256, status, problem, audit_idx, receipt, receipt_proof, receipt_tree_size";
 
 pub(super) fn seen_from_row(row: SeenRow) -> Result<SeenMessage, StorageError> {
     let (envelope_sha256, status, problem, audit_idx, receipt, proof, size) = row;
@@ -279,16 +285,10 @@ type InboxColumns = (
     Vec<Option<String>>,
 );
 
-/// The events after which nothing more is stored under a consent (a literal, so that it can
-/// be part of a static SQL string).
-macro_rules! ending_events {
-    () => {
-        "('withdrawn-by-subject', 'revoked', 'expired', 'invalidated')"
-    };
-}
-
-/// The same test as `event IN ending_events!()`, as comparisons joined by OR: SQLite evaluates
-/// an `IN` list of more than two constants through a temporary b-tree it builds for every row.
+/// Whether a consent event is one after which nothing more is stored under the consent (a
+/// literal, so that it can be part of a static SQL string). Comparisons joined by OR, not
+/// `event IN (...)`: SQLite evaluates an `IN` list of more than two constants through a
+/// temporary b-tree it builds for every row.
 macro_rules! is_ending_event {
     () => {
         "(event = 'withdrawn-by-subject' OR event = 'revoked' OR event = 'expired' \
@@ -469,8 +469,8 @@ impl WriteTx<'_> {
                          AS v(sender, message_id, message_type, purpose, consent_id, subject_ref, \
                          envelope, received_at, audit_idx, delete_after) \
                          WHERE NOT EXISTS (SELECT 1 FROM consent_events e \
-                         WHERE e.consent_id = v.consent_id AND e.event IN ",
-                        ending_events!(),
+                         WHERE e.consent_id = v.consent_id AND ",
+                        is_ending_event!(),
                         ") ON CONFLICT (sender, message_id) DO NOTHING RETURNING sender, message_id"
                     ))
                     .bind(columns.0)

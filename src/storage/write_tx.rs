@@ -95,13 +95,16 @@ impl SqliteWriter {
     }
 
     fn begin(&mut self) -> Result<SqliteTx<'_>, StorageError> {
+        // Open first: a connection that cannot be opened leaves the request for later.
+        self.connection()?;
         let restart = self.restart_wanted.swap(false, Ordering::Relaxed);
         let connection = self.connection()?;
         if restart {
-            // Nothing is committed between this checkpoint and the transaction below, so the
-            // checkpoint copies every frame (the checkpointer copied most of them already),
-            // and the transaction starts the WAL over (unless a reader still reads an older
-            // snapshot from it; then the checkpointer asks again).
+            // The writer commits nothing between this checkpoint and the transaction below
+            // (the pool's rare bookkeeping writes aside), so the checkpoint copies every frame
+            // (the checkpointer copied most of them already), and the transaction starts the
+            // WAL over (unless a reader still reads an older snapshot from it; then the
+            // checkpointer asks again).
             if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
                 tracing::warn!(error = %e, "completing the WAL checkpoint failed");
             }
@@ -131,12 +134,7 @@ fn start_checkpointer(
     path: &Path,
     restart_wanted: Arc<AtomicBool>,
 ) -> Result<std::sync::mpsc::SyncSender<()>, StorageError> {
-    let connection = rusqlite::Connection::open_with_flags(
-        path,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| StorageError::Connect(format!("{}: {e}", path.display())))?;
-    connection.busy_timeout(BUSY_TIMEOUT)?;
+    let connection = open_direct(path)?;
     let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
     std::thread::Builder::new()
         .name("brobygger-checkpointer".into())
@@ -163,9 +161,10 @@ fn start_checkpointer(
     Ok(wake)
 }
 
-/// Opens the writer's connection with the node's durability settings. The file exists: the
-/// node's pool created and migrated it.
-fn open_writer(path: &Path) -> Result<rusqlite::Connection, StorageError> {
+/// Opens a connection of this process's own to the node's database (the writer's, the
+/// checkpointer's, admission's readers'). The file exists: the node's pool created and
+/// migrated it.
+pub(super) fn open_direct(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     use rusqlite::OpenFlags;
     let opened = rusqlite::Connection::open_with_flags(
         path,
@@ -173,6 +172,12 @@ fn open_writer(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     )
     .map_err(|e| StorageError::Connect(format!("{}: {e}", path.display())))?;
     opened.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(opened)
+}
+
+/// Opens the writer's connection with the node's durability settings.
+fn open_writer(path: &Path) -> Result<rusqlite::Connection, StorageError> {
+    let opened = open_direct(path)?;
     // `synchronous` and `foreign_keys` belong to the connection, not the file: set them here
     // exactly as the pool does, and check that they took.
     opened.pragma_update(None, "synchronous", "FULL")?;
