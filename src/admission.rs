@@ -612,8 +612,8 @@ async fn admit_inbound_unguarded(
                     subject: envelope.subject,
                     envelope: bytes.to_vec(),
                     received_at: now,
-                    delete_after: existing.as_ref().map(|c| &c.record).map(|c| {
-                        now + time::Duration::days(i64::from(c.retention_at_recipient_days))
+                    delete_after: existing.as_ref().map(|c| {
+                        now + time::Duration::days(i64::from(c.record.retention_at_recipient_days))
                     }),
                 },
             );
@@ -815,18 +815,21 @@ pub async fn admit_outbound(
     let mut admissions = Vec::with_capacity(items.len());
     for ((record, item), id) in items.into_iter().zip(ids) {
         let first_answer = claimed.first_answer(id.as_ref());
-        let admission = admit_outbound_unguarded(state, record, item, first_answer).await;
+        let admission =
+            admit_outbound_unguarded(state, record, item, id.clone(), first_answer).await;
         admissions.push(claimed.attach(admission, id.as_ref()));
     }
     admissions
 }
 
-/// The receiver's checks for one submitted message whose client id this caller holds (if it
-/// gave one), with the replay table's row for that id (`seen`), read by the caller.
+/// The receiver's checks for one submitted message whose client id (`client_id`, from
+/// [`client_message_id`]) this caller holds, with the replay table's row for that id (`seen`),
+/// read by the caller.
 async fn admit_outbound_unguarded(
     state: &NodeState,
     mut record: AuditRecord,
     item: Value,
+    client_id: Option<MessageId>,
     seen: Option<SeenMessage>,
 ) -> Result<Admission, Problem> {
     let me = state.identity.org.clone();
@@ -837,7 +840,6 @@ async fn admit_outbound_unguarded(
     }
     let item_sha256 = sha256_hex(&json_bytes(&item)?);
     record.decision = Some(AuditDecision::Deny);
-    let client_id = client_message_id(&item);
     let refuse = |mut record: AuditRecord, problem: Problem, remember: Option<&MessageId>| {
         record.reason = Some(problem.reason.to_owned());
         let mut changes = Vec::new();

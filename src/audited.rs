@@ -94,3 +94,79 @@ impl Responder for Problem {
         self.respond()
     }
 }
+
+/// An admission whose decision, if it made one, is durable.
+pub enum Settled {
+    /// A replay: the first answer, recorded the first time.
+    Replay(crate::storage::SeenMessage, crate::domain::MessageId),
+    /// A fresh decision, committed: what to answer, and what the commit returned.
+    Decided(
+        crate::admission::Outcome,
+        crate::write_path::CommittedDecision,
+    ),
+}
+
+/// Appends the fresh decisions among `admissions` (the messages of one request) as one job of
+/// the write path, and gives back every admission settled, in order. An admission that failed
+/// stays its problem; a decision the writer could not commit becomes `unavailable`. Each
+/// decision's claim on its message id is kept by the job until its commit.
+pub async fn settle(
+    state: &NodeState,
+    admissions: Vec<Result<crate::admission::Admission, Problem>>,
+) -> Vec<Result<Settled, Problem>> {
+    use crate::admission::Admission;
+    // Per admission: settled now (a problem, a replay), or its decision's place in the job.
+    let mut planned = Vec::with_capacity(admissions.len());
+    let mut decisions = Vec::new();
+    let mut holds: Vec<crate::write_path::Hold> = Vec::new();
+    let mut outcomes = Vec::new();
+    for admission in admissions {
+        match admission {
+            Err(problem) => planned.push(Err(Err(problem))),
+            Ok(Admission::Replay(seen, message_id)) => {
+                planned.push(Err(Ok(Settled::Replay(seen, message_id))));
+            }
+            Ok(Admission::Decided(decided)) => {
+                let decided = *decided;
+                if let Some(guard) = decided.in_flight {
+                    holds.push(Box::new(guard));
+                }
+                planned.push(Ok(decisions.len()));
+                decisions.push((decided.record, decided.changes));
+                outcomes.push(Some(decided.outcome));
+            }
+        }
+    }
+    let mut committed: Vec<Option<Result<_, Problem>>> = if decisions.is_empty() {
+        Vec::new()
+    } else {
+        match state.audit.append_decisions(decisions, holds).await {
+            Ok(results) => results
+                .into_iter()
+                .map(|result| Some(result.map_err(|e| Problem::unavailable(&e))))
+                .collect(),
+            Err(e) => {
+                let problem = Problem::unavailable(&e);
+                outcomes
+                    .iter()
+                    .map(|_| Some(Err(problem.clone())))
+                    .collect()
+            }
+        }
+    };
+    planned
+        .into_iter()
+        .map(|plan| match plan {
+            Err(now) => now,
+            Ok(position) => match (
+                committed.get_mut(position).and_then(Option::take),
+                outcomes.get_mut(position).and_then(Option::take),
+            ) {
+                (Some(done), Some(outcome)) => {
+                    done.map(|decision| Settled::Decided(outcome, decision))
+                }
+                _ => Err(Problem::internal(&"a decision without its commit")),
+            },
+        })
+        .collect()
+}

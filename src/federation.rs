@@ -463,54 +463,18 @@ async fn answer_data(
     items: &[&[u8]],
 ) -> Vec<Result<ItemAnswer, Problem>> {
     let admissions = admission::admit_inbound_batch(state, &peer.member, items).await;
-    // Per envelope: its answer now (a refusal to decide, a replay), or its decision's place in
-    // the job.
-    let mut planned = Vec::with_capacity(items.len());
-    let mut decisions = Vec::new();
-    let mut holds: Vec<crate::write_path::Hold> = Vec::new();
-    let mut outcomes = Vec::new();
-    for admission in admissions {
-        match admission {
-            Err(problem) => planned.push(Err(Err(problem))),
-            Ok(Admission::Replay(seen, message_id)) => {
-                planned.push(Err(Ok((seen, message_id))));
-            }
-            Ok(Admission::Decided(decided)) => {
-                let decided = *decided;
-                if let Some(guard) = decided.in_flight {
-                    holds.push(Box::new(guard));
-                }
-                planned.push(Ok(decisions.len()));
-                decisions.push((decided.record, decided.changes));
-                outcomes.push(Some(decided.outcome));
-            }
-        }
+    let settled = audited::settle(state, admissions).await;
+    if settled
+        .iter()
+        .any(|s| matches!(s, Ok(audited::Settled::Decided(..))))
+    {
+        crate::failpoint::hit(crate::failpoint::RECEIVER_AFTER_COMMIT);
     }
-    let mut committed: Vec<Option<Result<_, Problem>>> = if decisions.is_empty() {
-        Vec::new()
-    } else {
-        match state.audit.append_decisions(decisions, holds).await {
-            Ok(results) => {
-                crate::failpoint::hit(crate::failpoint::RECEIVER_AFTER_COMMIT);
-                results
-                    .into_iter()
-                    .map(|r| Some(r.map_err(|e| Problem::unavailable(&e))))
-                    .collect()
-            }
-            Err(e) => {
-                let problem = Problem::unavailable(&e);
-                outcomes
-                    .iter()
-                    .map(|_| Some(Err(problem.clone())))
-                    .collect()
-            }
-        }
-    };
-    let mut answers = Vec::with_capacity(items.len());
-    for plan in planned {
-        let answer = match plan {
-            Err(Err(problem)) => Err(problem),
-            Err(Ok((seen, message_id))) => {
+    let mut answers = Vec::with_capacity(settled.len());
+    for settled in settled {
+        answers.push(match settled {
+            Err(problem) => Err(problem),
+            Ok(audited::Settled::Replay(seen, message_id)) => {
                 let status = seen.status;
                 replay_answer(state, &peer.member.org, seen, &message_id)
                     .await
@@ -520,17 +484,10 @@ async fn answer_data(
                         audit: None,
                     })
             }
-            Ok(position) => match (
-                committed.get_mut(position).and_then(Option::take),
-                outcomes.get_mut(position).and_then(Option::take),
-            ) {
-                (Some(done), Some(outcome)) => done.and_then(|decision| {
-                    decided_answer(outcome, decision.receipt, decision.answer)
-                }),
-                _ => Err(Problem::internal(&"a decision without its commit")),
-            },
-        };
-        answers.push(answer);
+            Ok(audited::Settled::Decided(outcome, decision)) => {
+                decided_answer(outcome, decision.receipt, decision.answer)
+            }
+        });
     }
     answers
 }

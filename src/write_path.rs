@@ -596,12 +596,11 @@ impl<'a> PendingRows<'a> {
                 ack: None,
             } => {
                 let proof = context.inclusion_proof(audit_idx)?;
-                let parts = proof.concat();
+                let receipt_parts = Some((proof.concat(), context.tree_size));
                 *answer = Some(ReceiptAnswer::Proof {
                     message_id: message_id.clone(),
                     proof,
                 });
-                let proof = parts;
                 self.answers.push(PendingAnswer {
                     slot,
                     sender,
@@ -609,7 +608,7 @@ impl<'a> PendingRows<'a> {
                     envelope_sha256,
                     status: 200,
                     problem: None,
-                    receipt_parts: Some((proof, context.tree_size)),
+                    receipt_parts,
                     audit_idx,
                 });
             }
@@ -1284,7 +1283,7 @@ impl WriterState {
             )));
         }
         let records = units.iter().flat_map(|unit| unit.records.iter());
-        let mut rows = Vec::with_capacity(units.len());
+        let mut rows = Vec::with_capacity(units.iter().map(|unit| unit.records.len()).sum());
         for (offset, record) in (0u64..).zip(records) {
             let bytes = entry::encode(record, first + offset, self.hmac_key_version)?;
             let leaf = merkle::leaf_hash(&bytes);

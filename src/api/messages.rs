@@ -10,7 +10,7 @@ use super::scope::Reach;
 use crate::admission::SubmissionV1;
 use crate::admission::{self, Admission, Outcome};
 use crate::audit::entry::Decision as AuditDecision;
-use crate::audited::{self, Audited};
+use crate::audited::{self, Audited, Settled};
 use crate::domain::{ConsentId, MessageId};
 use crate::jwt::Role;
 use crate::node::NodeState;
@@ -173,13 +173,11 @@ async fn submit_all(
         .map(|(item, _)| (record(), item))
         .collect();
     let mut admissions = admission::admit_outbound(state, fresh).await.into_iter();
-    // Per item: its answer now (a retry), or its decision's place in the job.
-    let mut planned = Vec::with_capacity(duplicate.len());
-    let mut decisions = Vec::new();
-    let mut holds: Vec<crate::write_path::Hold> = Vec::new();
-    let mut outcomes = Vec::new();
+    // Every message is decided before anything is recorded: one that cannot be decided now
+    // refuses the whole submission.
+    let mut decided = Vec::with_capacity(duplicate.len());
     for duplicate in duplicate {
-        let admission = if duplicate {
+        decided.push(Ok(if duplicate {
             let problem = Problem::refused(
                 "message-id-conflict",
                 "this message id is used by an earlier message of the same batch",
@@ -197,100 +195,56 @@ async fn submit_all(
             admissions
                 .next()
                 .ok_or_else(|| Problem::internal(&"a submitted message without an admission"))??
-        };
-        match admission {
-            Admission::Replay(seen, message_id) => {
-                planned.push(Err(replayed(seen, &message_id)));
-            }
-            Admission::Decided(decided) => {
-                let decided = *decided;
-                // The claim on the client's message id lives until the commit, even if this
-                // request is dropped first (its client gone): a retry must then find the
-                // decision.
-                if let Some(guard) = decided.in_flight {
-                    holds.push(Box::new(guard));
-                }
-                planned.push(Ok(decisions.len()));
-                decisions.push((decided.record, decided.changes));
-                outcomes.push(decided.outcome);
-            }
-        }
+        }));
     }
-    let committed = if decisions.is_empty() {
-        Vec::new()
-    } else {
-        state
-            .audit
-            .append_decisions(decisions, holds)
-            .await
-            .map_err(|e| Problem::unavailable(&e))?
-    };
+    let settled = audited::settle(state, decided).await;
     // A commit that failed failed every decision in it: nothing of the submission is recorded.
-    if let Some(Err(e)) = committed.first()
-        && committed.iter().all(Result::is_err)
+    let is_decision = |s: &&Result<Settled, Problem>| !matches!(s, Ok(Settled::Replay(..)));
+    if let Some(Err(problem)) = settled.iter().find(is_decision)
+        && settled.iter().filter(is_decision).all(Result::is_err)
     {
-        return Err(Problem::unavailable(e));
+        return Err(problem.clone());
     }
-    let mut committed: Vec<Option<_>> = committed.into_iter().map(Some).collect();
-    let mut outcomes: Vec<Option<Outcome>> = outcomes.into_iter().map(Some).collect();
     let mut queued = false;
     let mut results = Vec::with_capacity(client_ids.len());
-    for (client_id, plan) in client_ids.into_iter().zip(planned) {
-        let position = match plan {
-            Err(replay) => {
-                results.push((replay, None));
-                continue;
-            }
-            Ok(position) => position,
-        };
-        let (Some(Some(done)), Some(Some(outcome))) = (
-            committed.get_mut(position).map(Option::take),
-            outcomes.get_mut(position).map(Option::take),
-        ) else {
-            return Err(Problem::internal(&"a decision without its commit"));
-        };
-        let receipt = match done {
-            Ok(decision) => decision.receipt,
-            Err(e) => {
-                // This message alone was not recorded; a retry with its id decides it again.
-                let problem = Problem::unavailable(&e);
-                let message_id = match outcome {
-                    Outcome::Admitted { message_id, .. } => Some(message_id.to_string()),
-                    Outcome::Refused(_) => client_id,
-                };
-                results.push((
-                    SubmittedV1 {
-                        status: problem.status,
-                        message_id,
-                        state: None,
-                        audit_leaf_index: None,
-                        problem: serde_json::to_value(&problem).ok(),
-                    },
-                    None,
-                ));
-                continue;
-            }
-        };
-        let result = match outcome {
-            Outcome::Refused(problem) => SubmittedV1 {
-                status: problem.status,
-                message_id: client_id,
-                state: None,
-                audit_leaf_index: Some(receipt.index),
-                problem: serde_json::to_value(&problem).ok(),
-            },
-            Outcome::Admitted { message_id, .. } => {
-                queued = true;
+    for (client_id, settled) in client_ids.into_iter().zip(settled) {
+        results.push(match settled {
+            Ok(Settled::Replay(seen, message_id)) => (replayed(seen, &message_id), None),
+            // This message alone was not recorded; a retry with its id decides it again.
+            Err(problem) => (
                 SubmittedV1 {
-                    status: 202,
-                    message_id: Some(message_id.to_string()),
-                    state: Some("queued".into()),
-                    audit_leaf_index: Some(receipt.index),
-                    problem: None,
-                }
+                    status: problem.status,
+                    message_id: client_id,
+                    state: None,
+                    audit_leaf_index: None,
+                    problem: serde_json::to_value(&problem).ok(),
+                },
+                None,
+            ),
+            Ok(Settled::Decided(Outcome::Refused(problem), decision)) => (
+                SubmittedV1 {
+                    status: problem.status,
+                    message_id: client_id,
+                    state: None,
+                    audit_leaf_index: Some(decision.receipt.index),
+                    problem: serde_json::to_value(&problem).ok(),
+                },
+                Some(decision.receipt),
+            ),
+            Ok(Settled::Decided(Outcome::Admitted { message_id, .. }, decision)) => {
+                queued = true;
+                (
+                    SubmittedV1 {
+                        status: 202,
+                        message_id: Some(message_id.to_string()),
+                        state: Some("queued".into()),
+                        audit_leaf_index: Some(decision.receipt.index),
+                        problem: None,
+                    },
+                    Some(decision.receipt),
+                )
             }
-        };
-        results.push((result, Some(receipt)));
+        });
     }
     if queued {
         state.delivery_wake.notify_one();

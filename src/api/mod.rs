@@ -244,36 +244,37 @@ async fn readyz(state: web::Data<NodeState>) -> HttpResponse {
     // A peer whose audit log failed to extend what it showed before: a warning, not unready.
     warnings.extend(crate::peer_logs::readiness_warnings(&state).await);
     let ready = database_ok && !manifest_expired && !cert_expired;
-    let body =
-        Readiness {
-            status: if ready { "ready" } else { "not-ready" },
-            org: state.identity.org.to_string(),
-            database: DatabaseCheck {
-                engine: state.db.engine(),
-                ok: database_ok,
-                // The lower of the pool's connections and the writer's own, which makes the
-                // decisions durable: either below FULL shows.
-                sqlite_synchronous: state.db.sqlite_synchronous().await.ok().flatten().map(
-                    |pool| {
-                        state
-                            .audit
-                            .stats()
-                            .sqlite_synchronous()
-                            .map_or(pool, |writer| pool.min(writer))
-                    },
-                ),
-            },
-            manifest: ManifestCheck {
-                serial: manifest.serial,
-                expires_at: format_time(manifest.expires_at),
-                expired: manifest_expired,
-            },
-            certificate: CertificateCheck {
-                not_after: format_time(cert_not_after),
-                expired: cert_expired,
-            },
-            warnings,
-        };
+    // The lower of the pool's connections and the writer's own, which makes the decisions
+    // durable: either below FULL shows.
+    let sqlite_synchronous = state
+        .db
+        .sqlite_synchronous()
+        .await
+        .ok()
+        .flatten()
+        .map(|pool| match state.audit.stats().sqlite_synchronous() {
+            Some(writer) => pool.min(writer),
+            None => pool,
+        });
+    let body = Readiness {
+        status: if ready { "ready" } else { "not-ready" },
+        org: state.identity.org.to_string(),
+        database: DatabaseCheck {
+            engine: state.db.engine(),
+            ok: database_ok,
+            sqlite_synchronous,
+        },
+        manifest: ManifestCheck {
+            serial: manifest.serial,
+            expires_at: format_time(manifest.expires_at),
+            expired: manifest_expired,
+        },
+        certificate: CertificateCheck {
+            not_after: format_time(cert_not_after),
+            expired: cert_expired,
+        },
+        warnings,
+    };
     if ready {
         HttpResponse::Ok().json(body)
     } else {

@@ -5,11 +5,11 @@
 //! a few microseconds, less than handing it to another thread and back (DESIGN §11), and WAL
 //! readers never wait for the writer or the checkpointer (PASSIVE). The busy timeout only
 //! matters where SQLite makes a reader wait, such as recovering the WAL after a crash; the
-//! request's thread waits then, as every other reader would. Everywhere else (PostgreSQL, and consents SQLite does not
-//! have cached) one task takes every lookup waiting, reads them together (one statement for the
-//! message ids of a sender, one read transaction for the consents) and answers each; what
-//! arrives meanwhile waits for the next round. There is no timer: a lone request is read at
-//! once. The answers are the same as the single reads give.
+//! request's thread waits then, as every other reader would. Everywhere else (PostgreSQL, and
+//! consents SQLite does not have cached) one task takes every lookup waiting, reads them
+//! together (one statement for the message ids of a sender, one read transaction for the
+//! consents) and answers each; what arrives meanwhile waits for the next round. There is no
+//! timer: a lone request is read at once. The answers are the same as the single reads give.
 //!
 //! On SQLite the database belongs to this one node and every change to a consent goes through
 //! its write path, so consents are also kept in a [`ConsentCache`] that the writer clears of

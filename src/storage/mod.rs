@@ -75,7 +75,8 @@ pub enum StorageError {
     Migration(String),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
-    /// An error of the SQLite writer's own connection (see `WriterDb`).
+    /// An error of a connection this process drives itself (rusqlite): the SQLite writer's,
+    /// the checkpointer's, admission's readers'.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("refused by a storage invariant: {0}")]

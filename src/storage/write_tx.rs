@@ -4,8 +4,9 @@
 //! writer's own thread: through sqlx every statement is a hand-off to the driver's thread and
 //! back, which costs more than the statement itself (DESIGN §11), and a group commit runs
 //! several statements per message. Synchronously, a row is a prepared statement's step, and
-//! the commit's only wait is its fsync. On PostgreSQL the writer uses its own small sqlx pool;
-//! the transaction first takes the audit advisory lock, so replicas append one after the other.
+//! the commit's only wait is its fsync. On PostgreSQL the writer commits through the node's
+//! pool; the transaction first takes the audit advisory lock, so replicas append one after the
+//! other.
 //!
 //! Every `WriteTx` method has one arm per engine. The SQLite arms run no `.await`, so the
 //! writer's thread is never handed to anything else in the middle of a commit.
@@ -97,9 +98,16 @@ impl SqliteWriter {
     fn begin(&mut self) -> Result<SqliteTx<'_>, StorageError> {
         // Open first: a connection that cannot be opened leaves the request for later.
         self.connection()?;
-        let restart = self.restart_wanted.swap(false, Ordering::Relaxed);
-        let connection = self.connection()?;
-        if restart {
+        let SqliteWriter {
+            connection,
+            checkpointer,
+            restart_wanted,
+            ..
+        } = self;
+        let connection = connection
+            .as_mut()
+            .ok_or_else(|| StorageError::Invariant("the writer's connection is gone".into()))?;
+        if restart_wanted.swap(false, Ordering::Relaxed) {
             // The writer commits nothing between this checkpoint and the transaction below
             // (the pool's rare bookkeeping writes aside), so the checkpoint copies every frame
             // (the checkpointer copied most of them already), and the transaction starts the
@@ -110,18 +118,9 @@ impl SqliteWriter {
             }
         }
         connection.execute_batch("BEGIN IMMEDIATE")?;
-        let SqliteWriter {
-            connection,
-            checkpointer,
-            ..
-        } = self;
-        let connection = connection
-            .as_mut()
-            .ok_or_else(|| StorageError::Invariant("the writer's connection is gone".into()))?;
         Ok(SqliteTx {
             connection,
             checkpointer: checkpointer.as_ref(),
-            open: true,
         })
     }
 }
@@ -251,7 +250,6 @@ pub struct SqliteTx<'a> {
     connection: &'a mut rusqlite::Connection,
     /// Woken after the commit: the WAL grew.
     checkpointer: Option<&'a std::sync::mpsc::SyncSender<()>>,
-    open: bool,
 }
 
 impl SqliteTx<'_> {
@@ -283,10 +281,9 @@ fn numbered_parameters(sql: &str) -> std::borrow::Cow<'_, str> {
 
 impl Drop for SqliteTx<'_> {
     fn drop(&mut self) {
-        // A transaction abandoned on an error: nothing of it stays. (A failed COMMIT may have
-        // ended the transaction itself; then there is nothing to roll back.)
-        if self.open
-            && !self.connection.is_autocommit()
+        // A transaction abandoned on an error: nothing of it stays. (After a COMMIT, or a failed
+        // one that ended the transaction itself, there is nothing to roll back.)
+        if !self.connection.is_autocommit()
             && let Err(e) = self.connection.execute_batch("ROLLBACK")
         {
             tracing::error!(error = %e, "rolling back the writer's transaction failed");
@@ -298,9 +295,8 @@ impl WriteTx<'_> {
     /// Commits: on SQLite with `synchronous=FULL` this is the one fsync of the group commit.
     pub async fn commit(self) -> Result<(), StorageError> {
         match self {
-            WriteTx::Sqlite(mut tx) => {
+            WriteTx::Sqlite(tx) => {
                 tx.connection.execute_batch("COMMIT")?;
-                tx.open = false;
                 if let Some(wake) = tx.checkpointer {
                     // A wake-up already waiting covers this commit too.
                     let _ = wake.try_send(());
